@@ -1,0 +1,175 @@
+"""The model: a TransformerLens 4.x `TransformerBridge`, plus a fast answer-only forward.
+
+`build_model` boots a native TransformerBridge, so `run_with_cache`,
+`run_with_hooks`, `ActivationCache` methods and `transformer_lens.patching`
+all work on it with the classic hook names (`blocks.0.attn.hook_z`, ...).
+
+`AnswerForward` computes the same logits, but only at the n+1 positions that
+predict answer digits. The loss reads nothing else, so the gradients are the
+same while the last layer's queries, attention output, MLP and unembedding run
+on 6 positions instead of 18 (5 digits). It reads the bridge's own parameters,
+so training through it trains the bridge. A test holds both paths equal.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from arithlens.config import ModelConfig
+from arithlens.errors import ConfigError
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+
+def bridge_config(config: ModelConfig) -> TransformerBridgeConfig:
+    """The TransformerLens config for an arithlens `ModelConfig`."""
+    return TransformerBridgeConfig(
+        n_layers=config.n_layers,
+        d_model=config.d_model,
+        d_head=config.d_head,
+        n_heads=config.n_heads,
+        d_mlp=config.d_mlp,
+        d_vocab=config.d_vocab,
+        n_ctx=config.n_ctx,
+        act_fn=config.act_fn,
+        normalization_type=config.normalization,
+        seed=config.seed,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch device for a user-given name, with a clear error if it is unusable."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {name!r}: use 'cpu', 'cuda', 'cuda:0' or 'mps'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r} was asked for but MPS is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unsupported device {name!r}: use 'cpu', 'cuda' or 'mps'")
+    return device
+
+
+def build_model(config: ModelConfig, device: torch.device | str = "cpu") -> TransformerBridge:
+    """A freshly initialised model (deterministic for `config.seed`), in eval mode.
+
+    `model.arithlens_config` holds the `ModelConfig` it was built from.
+    """
+    if isinstance(device, str):
+        device = resolve_device(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = TransformerBridge.boot_native(bridge_config(config), device=str(device))
+    model.eval()  # transformer_lens.patching refuses models in train mode
+    model.arithlens_config = config
+    return model
+
+
+def model_config_of(model: TransformerBridge) -> ModelConfig:
+    """The arithlens config a model was built with."""
+    config = getattr(model, "arithlens_config", None)
+    if not isinstance(config, ModelConfig):
+        raise ConfigError("this model was not built by arithlens (no arithlens_config); use build_model or load_model")
+    return config
+
+
+class AnswerForward:
+    """Logits at the answer-predicting positions only, from the bridge's parameters.
+
+    Token positions after 3n+1 are dropped (nothing reads them), earlier layers
+    run in full, and the last layer computes queries onwards only at positions
+    2n+1 .. 3n+1.
+    """
+
+    def __init__(self, model: TransformerBridge) -> None:
+        self.config = model_config_of(model)
+        self.params = dict(model.state_dict(keep_vars=True))  # the live Parameters, shared with the bridge
+        self.eps = float(model.cfg.eps)
+        self.scale = math.sqrt(self.config.d_head)
+        n = self.config.n_digits
+        self.first_answer_logit = 2 * n + 1
+        self.kv_len = 3 * n + 2
+        device = self.params["embed.weight"].device
+        query_positions = torch.arange(self.first_answer_logit, self.kv_len, device=device)
+        key_positions = torch.arange(self.kv_len, device=device)
+        # True where a key lies after the query: [q_pos, k_pos]
+        self.answer_mask = key_positions[None, :] > query_positions[:, None]
+        self.full_mask = key_positions[None, :] > key_positions[:, None]
+
+    def _norm(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
+        kind = self.config.normalization
+        if kind is None:
+            return x
+        weight = self.params.get(f"{prefix}.weight")
+        bias = self.params.get(f"{prefix}.bias")
+        if kind in ("LN", "LNPre"):
+            return F.layer_norm(x, (x.shape[-1],), weight, bias, self.eps)
+        normed = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return normed * weight if weight is not None else normed
+
+    def _linear(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
+        return F.linear(x, self.params[f"{prefix}.weight"], self.params.get(f"{prefix}.bias"))
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, pos, _ = x.shape
+        return x.view(batch, pos, self.config.n_heads, self.config.d_head).transpose(1, 2)
+
+    def _activation(self, x: torch.Tensor) -> torch.Tensor:
+        act = self.config.act_fn
+        if act == "relu":
+            return F.relu(x)
+        if act == "gelu":
+            return F.gelu(x)
+        if act == "gelu_new":
+            return F.gelu(x, approximate="tanh")
+        return F.silu(x)
+
+    def _block(self, resid: torch.Tensor, layer: int, answer_only: bool) -> torch.Tensor:
+        prefix = f"blocks.{layer}"
+        normed = self._norm(resid, f"{prefix}.ln1")  # [batch, kv_len, d_model]
+        keys = self._heads(self._linear(normed, f"{prefix}.attn.k"))  # [batch, head, kv_len, d_head]
+        values = self._heads(self._linear(normed, f"{prefix}.attn.v"))
+        if answer_only:
+            resid = resid[:, self.first_answer_logit :]  # [batch, n+1, d_model]
+            normed = normed[:, self.first_answer_logit :]
+            mask = self.answer_mask
+        else:
+            mask = self.full_mask
+        queries = self._heads(self._linear(normed, f"{prefix}.attn.q"))  # [batch, head, q_pos, d_head]
+        scores = (queries @ keys.transpose(-1, -2)) / self.scale  # [batch, head, q_pos, kv_len]
+        pattern = scores.masked_fill(mask, float("-inf")).softmax(dim=-1)
+        z = (pattern @ values).transpose(1, 2).flatten(2)  # [batch, q_pos, head * d_head]
+        resid = resid + self._linear(z, f"{prefix}.attn.o")
+        hidden = self._activation(self._linear(self._norm(resid, f"{prefix}.ln2"), f"{prefix}.mlp.in"))
+        return resid + self._linear(hidden, f"{prefix}.mlp.out")  # [batch, q_pos, d_model]
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits [batch, n+1, d_vocab] predicting An .. A0."""
+        tokens = tokens[:, : self.kv_len]
+        resid = self.params["embed.weight"][tokens] + self.params["pos_embed.weight"][: self.kv_len]
+        last = self.config.n_layers - 1
+        for layer in range(self.config.n_layers):
+            resid = self._block(resid, layer, answer_only=layer == last)
+        resid = self._norm(resid, "ln_final")
+        return self._linear(resid, "unembed")
+
+
+def answer_logits(model: TransformerBridge, tokens: torch.Tensor) -> torch.Tensor:
+    """Full-bridge logits at the answer-predicting positions, [batch, n+1, d_vocab]."""
+    config = model_config_of(model)
+    n = config.n_digits
+    return model(tokens)[:, 2 * n + 1 : 3 * n + 2]
+
+
+def predicted_digits(logits: torch.Tensor) -> torch.Tensor:
+    """Argmax over the digit tokens 0-9 only (never `+` or `=`)."""
+    return logits[..., :10].argmax(dim=-1)
