@@ -3,18 +3,40 @@
 The public API:
     AdditionTask, AdditionBatch, SubTask, QuestionCategory   -- the task and its labels
     ModelConfig, TrainConfig, RunConfig                      -- frozen, validated configs
-    build_model, load_model                                  -- TransformerLens TransformerBridge models
-    train                                                    -- training into a run folder
+    build_model, load_model, load_run                        -- TransformerLens TransformerBridge models, run folders
+    train, resume                                            -- training into a run folder
+    predict                                                  -- greedy answers
+
+Heavy modules (TransformerLens) load on first use, so `arithlens --help` and
+config errors stay fast.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
 from arithlens.config import ModelConfig, RunConfig, TrainConfig
 from arithlens.errors import ArithlensError
-from arithlens.model import build_model
 from arithlens.task import AdditionBatch, AdditionTask, QuestionCategory, SubTask
+
+_LAZY = {
+    "build_model": "arithlens.model",
+    "load_model": "arithlens.runs",
+    "load_run": "arithlens.runs",
+    "train": "arithlens.training",
+    "resume": "arithlens.training",
+    "predict": "arithlens.inference",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'arithlens' has no attribute {name!r}")
+
 
 __all__ = [
     "AdditionBatch",
@@ -26,5 +48,5 @@ __all__ = [
     "SubTask",
     "TrainConfig",
     "__version__",
-    "build_model",
+    *_LAZY,
 ]

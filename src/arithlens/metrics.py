@@ -1,0 +1,120 @@
+"""Per-step training metrics: the loss broken down by answer token and by sub-task.
+
+Definitions follow the seed notebook:
+- per digit d: BaseAdd = no carry into d; UseCarry1 = carry into d and not Sum9;
+  UseSum9 = carry into d and Sum9 (the three never overlap);
+- BaseAdd-only: questions with no carry anywhere, mean loss over A(n-1)..A0;
+- UseCarry1-any: some carry and no UseSum9 anywhere, mean loss over all answer tokens;
+- UseSum9 one / two digits: exactly one / two UseSum9 columns, mean over all answer tokens.
+
+Everything is computed on the training device into one float64 vector per step,
+so recording costs no host synchronisation; the trainer copies the history out
+only when it writes the metrics table.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from arithlens.task import AdditionBatch
+
+PER_DIGIT_SUBTASKS = ("base_add", "use_carry1", "use_sum9")
+AGGREGATES = ("base_add_only", "use_carry1_any", "use_sum9_one", "use_sum9_two")
+
+
+def answer_token_names(n_digits: int) -> list[str]:
+    """Answer tokens in sequence order: A{n} .. A0."""
+    return [f"A{d}" for d in range(n_digits, -1, -1)]
+
+
+def metric_names(n_digits: int, finite: bool) -> list[str]:
+    """Column names of the metrics table, in the order `step_metrics` fills them."""
+    tokens = answer_token_names(n_digits)
+    names = ["lr", "loss", *[f"loss_{t}" for t in tokens]]
+    for subtask in PER_DIGIT_SUBTASKS:
+        for d in range(n_digits):
+            names += [f"{subtask}_loss_d{d}", f"{subtask}_count_d{d}"]
+    for aggregate in AGGREGATES:
+        names += [f"{aggregate}_loss", f"{aggregate}_count"]
+    if finite:
+        names += ["test_loss", *[f"test_loss_{t}" for t in tokens]]
+    return names
+
+
+def token_losses(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """Per-question, per-answer-token loss [batch, n+1] from logits [batch, n+1, vocab].
+
+    The log-softmax runs in float64: float32 cannot represent losses near 1e-9,
+    which these models reach, and underflow there gives spiky gradients.
+    """
+    log_probs = torch.log_softmax(logits.to(torch.float64), dim=-1)
+    return -log_probs.gather(-1, answers[..., None])[..., 0]
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of `values` over rows where `mask`, per column; NaN where no row qualifies."""
+    count = mask.sum(dim=0).to(torch.float64)
+    total = (values * mask).sum(dim=0)
+    return total / count, count  # 0/0 is NaN on purpose: "no such case this step"
+
+
+def subtask_breakdown(losses: torch.Tensor, batch: AdditionBatch) -> torch.Tensor:
+    """Per-digit and aggregate sub-task losses with case counts, as one float64 vector."""
+    n = batch.n_digits
+    by_digit = losses.flip(1)[:, :n]  # [batch, n], units first: column d is A_d
+    carry_in = batch.use_carry1
+    masks = (~carry_in, carry_in & ~batch.make_sum9, batch.use_sum9)
+    parts: list[torch.Tensor] = []
+    for mask in masks:
+        mean, count = _masked_mean(by_digit, mask)
+        parts.append(torch.stack([mean, count], dim=1).flatten())  # [loss_d0, count_d0, loss_d1, ...]
+
+    n_use_sum9 = batch.use_sum9.sum(dim=1)
+    any_carry = carry_in.any(dim=1)
+    question_means = (
+        (losses[:, 1:].mean(dim=1), ~any_carry),  # BaseAdd-only: the seed leaves out An here
+        (losses.mean(dim=1), any_carry & (n_use_sum9 == 0)),
+        (losses.mean(dim=1), n_use_sum9 == 1),
+        (losses.mean(dim=1), n_use_sum9 == 2),
+    )
+    for values, mask in question_means:
+        mean, count = _masked_mean(values, mask)
+        parts.append(torch.stack([mean, count]))
+    return torch.cat(parts)
+
+
+def step_metrics(
+    lr: float,
+    train_losses: torch.Tensor,
+    subtask_losses: torch.Tensor,
+    subtask_batch: AdditionBatch,
+    test_losses: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One row of the metrics table (without the step column), on the losses' device.
+
+    `train_losses` and `test_losses` are [batch, n+1]; the sub-task breakdown
+    uses `subtask_losses` on `subtask_batch` (the test batch in finite mode, as the seed does).
+    """
+    with torch.no_grad():
+        per_token = train_losses.mean(dim=0)
+        parts = [
+            torch.tensor([lr], dtype=torch.float64, device=train_losses.device),
+            per_token.mean()[None],
+            per_token,
+            subtask_breakdown(subtask_losses, subtask_batch),
+        ]
+        if test_losses is not None:
+            test_per_token = test_losses.mean(dim=0)
+            parts += [test_per_token.mean()[None], test_per_token]
+        return torch.cat(parts)
+
+
+def metrics_frame(history: torch.Tensor, first_step: int, n_digits: int, finite: bool) -> pd.DataFrame:
+    """The metrics table: one row per step, counts as integers."""
+    frame = pd.DataFrame(history.cpu().numpy(), columns=metric_names(n_digits, finite))
+    frame.insert(0, "step", range(first_step, first_step + len(frame)))
+    for column in frame.columns:
+        if "_count" in column:
+            frame[column] = frame[column].astype("int64")
+    return frame

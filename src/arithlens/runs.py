@@ -1,0 +1,214 @@
+"""Run folders: where a training run's config, weights, metrics and checkpoints live.
+
+    RUN_DIR/config.json                  model + train config, and a "run" section (command, times, status)
+    RUN_DIR/model.safetensors            final (or latest) weights, TransformerLens names
+    RUN_DIR/metrics.parquet              one row per step (see arithlens.metrics)
+    RUN_DIR/checkpoints/step_NNNNN.safetensors   weight snapshots for training-dynamics analysis
+    RUN_DIR/checkpoints/train_state.safetensors  everything needed to resume bit-identically
+    RUN_DIR/analysis/, RUN_DIR/report.html       written by `analyze` and `report`
+
+Weights are safetensors only: nothing is ever unpickled. Every file write is
+atomic (temporary file, then rename), so a killed process leaves the previous
+version intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from arithlens import __version__
+from arithlens.config import ModelConfig, RunConfig
+from arithlens.errors import ArithlensError, RunFolderError
+from arithlens.model import TransformerBridge, build_model, model_config_of
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+METRICS_FILE = "metrics.parquet"
+CHECKPOINT_DIR = "checkpoints"
+TRAIN_STATE_FILE = "train_state.safetensors"
+REPORT_FILE = "report.html"
+ANALYSIS_DIR = "analysis"
+RUN_ARTEFACTS = (CONFIG_FILE, MODEL_FILE, METRICS_FILE, CHECKPOINT_DIR, REPORT_FILE, ANALYSIS_DIR)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    _atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, with a clear error if it is damaged."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise RunFolderError(f"missing file {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+        return load_file(str(path)), metadata
+    except (SafetensorError, OSError, ValueError) as error:
+        raise RunFolderError(f"damaged safetensors file {path}: {error}; retrain or restore it") from None
+
+
+def save_model(model: TransformerBridge, path: Path) -> None:
+    """Weights under TransformerLens names, with the model config in the metadata."""
+    config = model_config_of(model)
+    save_tensors(path, model.state_dict(), {"config": json.dumps(config.to_dict()), "arithlens_version": __version__})
+
+
+def model_from_weights(config: ModelConfig, weights: dict[str, torch.Tensor], device: str = "cpu") -> TransformerBridge:
+    model = build_model(config, device)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise RunFolderError(f"weights do not match the config: {first_line}") from None
+    return model
+
+
+def load_model_file(path: Path, config: ModelConfig | None = None, device: str = "cpu") -> TransformerBridge:
+    weights, metadata = load_tensors(path)
+    if config is None:
+        if "config" not in metadata:
+            raise RunFolderError(f"{path} has no config in its metadata; load it through its run folder")
+        config = ModelConfig.from_dict(json.loads(metadata["config"]))
+    return model_from_weights(config, weights, device)
+
+
+def bundled_models_dir() -> Path:
+    return Path(str(resources.files("arithlens") / "models"))
+
+
+def bundled_model_names() -> list[str]:
+    root = bundled_models_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / MODEL_FILE).is_file())
+
+
+def resolve_run_path(path_or_name: str | Path) -> Path:
+    """A run folder for a path or a bundled model name."""
+    path = Path(path_or_name)
+    if path.is_dir():
+        return path
+    name = str(path_or_name)
+    if name in bundled_model_names():
+        return bundled_models_dir() / name
+    known = ", ".join(bundled_model_names()) or "none installed"
+    raise RunFolderError(f"no run folder or bundled model called {name!r} (bundled models: {known})")
+
+
+@dataclass
+class Run:
+    """A run folder read back: config, metrics, weights and checkpoints."""
+
+    path: Path
+    config: RunConfig
+    info: dict[str, Any]
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        path = self.path / METRICS_FILE
+        if not path.is_file():
+            raise RunFolderError(f"{self.path} has no {METRICS_FILE}: the run has not recorded a step yet")
+        return pd.read_parquet(path)
+
+    @property
+    def is_complete(self) -> bool:
+        return self.info.get("status") == "complete"
+
+    def model(self, device: str = "cpu") -> TransformerBridge:
+        path = self.path / MODEL_FILE
+        if not path.is_file():
+            raise RunFolderError(f"{self.path} has no {MODEL_FILE}: train it first (arithlens train --out {self.path})")
+        return load_model_file(path, self.config.model, device)
+
+    def checkpoint_steps(self) -> list[int]:
+        folder = self.path / CHECKPOINT_DIR
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.stem.split("_")[1]) for p in folder.glob("step_*.safetensors"))
+
+    def checkpoint_path(self, step: int) -> Path:
+        return self.path / CHECKPOINT_DIR / f"step_{step:05d}.safetensors"
+
+    def checkpoint_model(self, step: int, device: str = "cpu") -> TransformerBridge:
+        path = self.checkpoint_path(step)
+        if not path.is_file():
+            raise RunFolderError(f"no checkpoint for step {step} in {self.path} (have {self.checkpoint_steps()})")
+        return load_model_file(path, self.config.model, device)
+
+
+def read_config(path: Path) -> tuple[RunConfig, dict[str, Any]]:
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise RunFolderError(f"{path} is not a run folder: it has no {CONFIG_FILE}")
+    try:
+        data = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunFolderError(f"damaged {config_path}: {error}") from None
+    return RunConfig.from_dict(data), dict(data.get("run", {}))
+
+
+def load_run(path_or_name: str | Path) -> Run:
+    """Open a run folder (or a bundled model by name)."""
+    path = resolve_run_path(path_or_name)
+    config, info = read_config(path)
+    return Run(path=path, config=config, info=info)
+
+
+def load_model(path_or_name: str | Path, device: str = "cpu") -> TransformerBridge:
+    """A trained model from a run folder, a bundled model name or a .safetensors file."""
+    path = Path(path_or_name)
+    if path.is_file() and path.suffix == ".safetensors":
+        return load_model_file(path, device=device)
+    if path.is_file():
+        raise RunFolderError(f"{path} is not a .safetensors file or run folder")
+    return load_run(path_or_name).model(device)
+
+
+def prepare_run_folder(path: Path, force: bool) -> None:
+    """Create `path`, refusing to overwrite an earlier run unless `force`."""
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"{path} exists and is not a folder")
+    existing = [name for name in RUN_ARTEFACTS if (path / name).exists()] if path.is_dir() else []
+    if existing and not force:
+        raise RunFolderError(
+            f"{path} already holds a run ({', '.join(existing)}); use --resume {path} to continue it, "
+            f"--force to overwrite it, or another --out"
+        )
+    for name in existing:
+        target = path / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def run_config_dict(config: RunConfig, info: dict[str, Any]) -> dict[str, Any]:
+    return {"arithlens_version": __version__, **config.to_dict(), "run": info}
+
+
+def require_finished_model(path: Path) -> None:
+    if not (path / MODEL_FILE).is_file():
+        raise ArithlensError(f"{path} has no {MODEL_FILE}: train it first, or resume it with --resume {path}")

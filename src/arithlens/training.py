@@ -1,0 +1,261 @@
+"""Training: the seed's loop, faster, recorded per step, checkpointed and resumable.
+
+The step is the seed's: AdamW, warm-up min(step/10, 1), float64 per-token
+cross-entropy over the n+1 answer tokens, a fresh batch each step (or the
+seed's finite mode: a fixed training set plus a fresh test batch each step).
+It runs through `AnswerForward`, which skips the work the loss cannot see.
+
+Resuming is bit-exact: the train state holds weights, AdamW moments, the
+scheduler and both data RNG states, and the metrics history.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from arithlens.config import RunConfig
+from arithlens.errors import RunFolderError
+from arithlens.metrics import metric_names, metrics_frame, step_metrics, token_losses
+from arithlens.model import AnswerForward, TransformerBridge, build_model, resolve_device
+from arithlens.runs import (
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+    MODEL_FILE,
+    TRAIN_STATE_FILE,
+    Run,
+    load_run,
+    load_tensors,
+    prepare_run_folder,
+    run_config_dict,
+    save_model,
+    save_tensors,
+    write_json,
+)
+from arithlens.task import AdditionBatch, AdditionTask
+
+LOG_EVERY = 25  # steps between progress-bar updates: the only host syncs in the loop
+StepCallback = Callable[[int], None]
+
+
+class _StopFlag:
+    requested: bool = False
+
+
+@contextmanager
+def _deferred_interrupts() -> Iterator[_StopFlag]:
+    """Turn Ctrl-C / SIGTERM into a flag checked between steps, so a step is never half-saved."""
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def request_stop(signum: int, frame: object) -> None:
+        flag.requested = True
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Trainer:
+    """Owns the model, optimizer, data streams and metrics history of one run folder."""
+
+    def __init__(self, config: RunConfig, out_dir: Path, info: dict[str, Any]) -> None:
+        self.config = config
+        self.out_dir = out_dir
+        self.info = info
+        train = config.train
+        self.device = resolve_device(train.device)
+        self.task = AdditionTask(config.model.n_digits)
+        self.model = build_model(config.model, self.device)
+        self.forward = AnswerForward(self.model)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay, betas=train.betas
+        )
+        # A plain lambda: LambdaLR only skips saving lr_lambdas that are plain functions.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: train.lr_multiplier(step))
+        self.data_rng = torch.Generator().manual_seed(train.seed)
+        self.test_rng = torch.Generator().manual_seed(train.seed + 1)
+        self.fixed_train: AdditionBatch | None = None
+        if train.finite is not None:
+            self.fixed_train = self._generate(train.finite, self.data_rng)
+        self.n_metrics = len(metric_names(config.model.n_digits, train.finite is not None))
+        self.history = torch.zeros(train.steps, self.n_metrics, dtype=torch.float64, device=self.device)
+        self.step = 0
+
+    # ----- data and loss ------------------------------------------------
+    def _generate(self, count: int, rng: torch.Generator) -> AdditionBatch:
+        train = self.config.train
+        return self.task.generate(
+            count, rng, enrich_fraction=train.enrich_fraction, enrich_sum9_prob=train.enrich_sum9_prob
+        ).to(self.device)
+
+    def _losses(self, batch: AdditionBatch) -> torch.Tensor:
+        n = self.task.n_digits
+        return token_losses(self.forward(batch.tokens), batch.tokens[:, 2 * n + 2 :])  # [batch, n+1]
+
+    def train_step(self) -> None:
+        lr = self.scheduler.get_last_lr()[0]
+        if self.fixed_train is None:
+            batch = self._generate(self.config.train.batch_size, self.data_rng)
+            losses = self._losses(batch)
+            test_losses, subtask_losses, subtask_batch = None, losses.detach(), batch
+        else:
+            losses = self._losses(self.fixed_train)
+            test_batch = self._generate(self.config.train.batch_size, self.test_rng)
+            with torch.no_grad():
+                test_losses = self._losses(test_batch)
+            subtask_losses, subtask_batch = test_losses, test_batch
+        losses.mean().backward()  # mean over batch, then over answer tokens, as the seed
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.history[self.step] = step_metrics(lr, losses.detach(), subtask_losses, subtask_batch, test_losses)
+        self.step += 1
+
+    # ----- persistence --------------------------------------------------
+    def _write_metrics(self) -> None:
+        frame = metrics_frame(self.history[: self.step], 0, self.task.n_digits, self.config.train.finite is not None)
+        tmp = self.out_dir / f".{METRICS_FILE}.tmp"
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(self.out_dir / METRICS_FILE)
+
+    def write_config(self) -> None:
+        write_json(self.out_dir / "config.json", run_config_dict(self.config, self.info))
+
+    def save(self, snapshot: bool) -> None:
+        """Metrics, weights and the full resumable state at the current step."""
+        checkpoints = self.out_dir / CHECKPOINT_DIR
+        checkpoints.mkdir(exist_ok=True)
+        self._write_metrics()
+        save_model(self.model, self.out_dir / MODEL_FILE)
+        if snapshot:
+            save_model(self.model, checkpoints / f"step_{self.step:05d}.safetensors")
+        tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        optimizer_state = self.optimizer.state_dict()
+        for index, state in optimizer_state["state"].items():
+            for key, value in state.items():
+                tensors[f"optim.{index}.{key}"] = value
+        tensors["rng.data"] = self.data_rng.get_state()
+        tensors["rng.test"] = self.test_rng.get_state()
+        tensors["history"] = self.history[: self.step]
+        scheduler_state = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
+        metadata = {
+            "step": str(self.step),
+            "param_groups": json.dumps(optimizer_state["param_groups"]),
+            "scheduler": json.dumps(scheduler_state),
+        }
+        save_tensors(checkpoints / TRAIN_STATE_FILE, tensors, metadata)
+        self.info["steps_done"] = self.step
+        self.write_config()
+
+    def restore(self) -> None:
+        tensors, metadata = load_tensors(self.out_dir / CHECKPOINT_DIR / TRAIN_STATE_FILE)
+        self.model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        self.optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+        self.scheduler.load_state_dict({**json.loads(metadata["scheduler"]), "lr_lambdas": [None]})
+        self.data_rng.set_state(tensors["rng.data"])
+        self.test_rng.set_state(tensors["rng.test"])
+        self.step = int(metadata["step"])
+        history = tensors["history"].to(self.device)
+        if history.shape[1] != self.n_metrics:
+            raise RunFolderError(f"{self.out_dir}: saved metrics do not match the config; the run folder is damaged")
+        self.history[: self.step] = history[: self.config.train.steps]
+        if self.step > self.config.train.steps:
+            raise RunFolderError(f"{self.out_dir} has already trained {self.step} steps; ask for --steps >= {self.step}")
+
+    # ----- loop ---------------------------------------------------------
+    def fit(self, progress: bool = True, on_step: StepCallback | None = None) -> None:
+        train = self.config.train
+        started = time.perf_counter()
+        loss_column = TextColumn("loss {task.fields[loss]}")
+        columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), loss_column,
+                   TimeElapsedColumn(), TimeRemainingColumn())
+        self.info["status"] = "interrupted"  # until the last step is saved
+        with Progress(*columns, disable=not progress, transient=False) as bar, _deferred_interrupts() as stop:
+            task_id = bar.add_task("train", total=train.steps, completed=self.step, loss="...")
+            while self.step < train.steps:
+                self.train_step()
+                if self.step % LOG_EVERY == 0 or self.step == train.steps:
+                    loss = float(self.history[self.step - 1, 1])
+                    bar.update(task_id, completed=self.step, loss=f"{loss:.4g}")
+                if self.step % train.checkpoint_every == 0 and self.step < train.steps:
+                    self.save(snapshot=True)
+                if on_step is not None:
+                    on_step(self.step)
+                if stop.requested:
+                    self.info["seconds"] = round(self.info.get("seconds", 0.0) + time.perf_counter() - started, 2)
+                    self.save(snapshot=False)  # nothing is lost: --resume continues from this exact step
+                    raise KeyboardInterrupt
+        self.info.update(status="complete", finished=_now())
+        self.info["seconds"] = round(self.info.get("seconds", 0.0) + time.perf_counter() - started, 2)
+        self.save(snapshot=True)
+
+
+def train(
+    config: RunConfig,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+    on_step: StepCallback | None = None,
+) -> Run:
+    """Train a new model into `out_dir` and return the finished run."""
+    out = Path(out_dir)
+    trainer_device = resolve_device(config.train.device)  # fail before touching the folder
+    prepare_run_folder(out, force)
+    info = {"command": command or "", "started": _now(), "device": str(trainer_device), "status": "interrupted"}
+    trainer = Trainer(config, out, info)
+    trainer.write_config()
+    trainer.fit(progress=progress, on_step=on_step)
+    return load_run(out)
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    steps: int | None = None,
+    progress: bool = True,
+    on_step: StepCallback | None = None,
+) -> Run:
+    """Continue an interrupted (or finished, with more `steps`) run from its train state, bit-identically."""
+    run = load_run(run_dir)
+    config = run.config
+    if steps is not None:
+        config = replace(config, train=replace(config.train, steps=steps))
+    if not (run.path / CHECKPOINT_DIR / TRAIN_STATE_FILE).is_file():
+        raise RunFolderError(f"{run.path} has no saved train state to resume from; start it again with --force")
+    trainer = Trainer(config, run.path, dict(run.info))
+    trainer.restore()
+    trainer.fit(progress=progress, on_step=on_step)
+    return load_run(run.path)
+
+
+def trained_model(run: Run) -> TransformerBridge:
+    """The run's final model."""
+    return run.model()
