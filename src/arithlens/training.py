@@ -72,6 +72,15 @@ def _deferred_interrupts() -> Iterator[_StopFlag]:
             signal.signal(sig, handler)
 
 
+def _adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where the device has one: the optimizer step was a third
+    of the seed's step time on CPU, and fusing roughly halves it."""
+    try:
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -88,9 +97,7 @@ class Trainer:
         self.task = AdditionTask(config.model.n_digits)
         self.model = build_model(config.model, self.device)
         self.forward = AnswerForward(self.model)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay, betas=train.betas
-        )
+        self.optimizer = _adamw(self.model, train.lr, train.weight_decay, train.betas)
         # A plain lambda: LambdaLR only skips saving lr_lambdas that are plain functions.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: train.lr_multiplier(step))
         self.data_rng = torch.Generator().manual_seed(train.seed)
