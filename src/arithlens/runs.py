@@ -46,6 +46,7 @@ RUN_ARTEFACTS = (CONFIG_FILE, MODEL_FILE, METRICS_FILE, CHECKPOINT_DIR, REPORT_F
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
+    os.chmod(tmp, 0o644)  # run folders are meant to be shared; some writers create files 0600
     os.replace(tmp, path)
 
 
