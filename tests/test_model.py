@@ -117,3 +117,14 @@ def test_predictions_use_digit_tokens_only() -> None:
 def test_unknown_device(name: str) -> None:
     with pytest.raises(ConfigError):
         resolve_device(name)
+
+
+def test_seed_initialisation_matches_the_seed_notebook() -> None:
+    model = build_model(ModelConfig(d_model=256, d_mlp=1024, n_heads=4))
+    weights = model.state_dict()
+    assert abs(weights["unembed.weight"].std().item() - 12**-0.5) < 0.02  # the seed's randn / sqrt(d_vocab)
+    for name in ("embed.weight", "blocks.0.attn.q.weight", "blocks.0.attn.o.weight", "blocks.0.mlp.out.weight"):
+        assert abs(weights[name].std().item() - 256**-0.5) < 0.005, name
+    assert all(weights[name].abs().max() == 0 for name in weights if name.endswith(".bias"))
+    other = build_model(ModelConfig(d_model=256, d_mlp=1024, n_heads=4, init="transformerlens")).state_dict()
+    assert other["unembed.weight"].std().item() < 0.1

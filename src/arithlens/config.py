@@ -17,6 +17,9 @@ from arithlens.task import D_VOCAB, MAX_DIGITS
 DEFAULT_SEED = 129000
 ACT_FNS = ("relu", "gelu", "gelu_new", "silu")
 NORMALIZATIONS = ("LN", "RMS", "LNPre", "RMSPre")
+# "seed": the seed notebook's N(0, 1/d_model) weights and N(0, 1/d_vocab) unembedding, which learn
+# this task much faster than "transformerlens" (TransformerLens's own GPT-2-style init).
+INITS = ("seed", "transformerlens")
 
 
 def _require_int(name: str, value: Any, minimum: int, hint: str = "") -> None:
@@ -31,7 +34,7 @@ def _require_fraction(name: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of the transformer. `d_head` defaults to d_model // n_heads."""
+    """Shape and initialisation of the transformer. `d_head` defaults to d_model // n_heads."""
 
     n_digits: int = 5
     n_layers: int = 1
@@ -42,6 +45,7 @@ class ModelConfig:
     act_fn: str = "relu"
     normalization: str | None = None
     seed: int = DEFAULT_SEED
+    init: str = "seed"
 
     def __post_init__(self) -> None:
         _require_int("n_digits", self.n_digits, 1, " (use --digits 1 or more)")
@@ -62,6 +66,8 @@ class ModelConfig:
         _require_int("d_head", self.d_head, 1)
         if self.act_fn not in ACT_FNS:
             raise ConfigError(f"act_fn must be one of {', '.join(ACT_FNS)}, got {self.act_fn!r}")
+        if self.init not in INITS:
+            raise ConfigError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.normalization is not None and self.normalization not in NORMALIZATIONS:
             raise ConfigError(
                 f"normalization must be None or one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}"

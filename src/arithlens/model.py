@@ -69,9 +69,27 @@ def build_model(config: ModelConfig, device: torch.device | str = "cpu") -> Tran
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = TransformerBridge.boot_native(bridge_config(config), device=str(device))
+    if config.init == "seed":
+        _seed_init(model, config)
     model.eval()  # transformer_lens.patching refuses models in train mode
     model.arithlens_config = config
     return model
+
+
+def _seed_init(model: TransformerBridge, config: ModelConfig) -> None:
+    """Re-draw the weights as the seed notebook did: every matrix N(0, 1/d_model) except the
+    unembedding, N(0, 1/d_vocab); biases zero, norm scales one. Deterministic for `config.seed`."""
+    generator = torch.Generator().manual_seed(config.seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            if name.endswith(".bias"):
+                tensor.zero_()
+            elif ".ln" in name or name.startswith("ln_final"):
+                tensor.fill_(1.0)
+            else:
+                fan = config.d_vocab if name == "unembed.weight" else config.d_model
+                draw = torch.randn(tensor.shape, generator=generator) / math.sqrt(fan)
+                tensor.copy_(draw.to(tensor.device))
 
 
 def model_config_of(model: TransformerBridge) -> ModelConfig:
