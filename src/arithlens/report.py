@@ -1,0 +1,476 @@
+"""One self-contained, offline HTML report per run: RUN_DIR/report.html.
+
+`build_report(run_dir)` reads the run folder (config.json, metrics.parquet and,
+when `analyze` has run, analysis/) and writes a single HTML file that needs no
+network: plotly.js is inlined once, the plotly template once, and every figure
+is a JSON blob drawn by `Plotly.newPlot` when the page loads. No script, style,
+font or image is fetched from anywhere.
+
+Parts that cannot be drawn (no metrics yet, an interrupted run, no analysis
+folder, a missing analysis table) are listed in a notice at the top, so a
+partial report always says what it lacks.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+import plotly.offline
+
+import arithlens
+from arithlens.errors import ArithlensError
+from arithlens.plots import analysis as analysis_plots
+from arithlens.plots import training as training_plots
+from arithlens.runs import ANALYSIS_DIR, METRICS_FILE, REPORT_FILE, Run, load_run
+
+Item = go.Figure | pd.DataFrame | str
+
+
+@dataclass
+class Section:
+    """A titled part of the report holding figures, tables (DataFrames) and HTML snippets."""
+
+    key: str
+    title: str
+    intro: str = ""
+    items: list[tuple[str, Item]] = field(default_factory=list)
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the run's report (RUN_DIR/report.html unless `out` is given) and return its path."""
+    run = load_run(run_dir)
+    target = Path(out) if out is not None else run.path / REPORT_FILE
+    page = render_report(run)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
+def render_report(run: Run) -> str:
+    """The whole report page as a string."""
+    notices: list[str] = []
+    metrics = _metrics(run, notices)
+    tables = _analysis(run, notices)
+    status = run.info.get("status")
+    steps_done = run.info.get("steps_done")
+    if status != "complete":
+        notices.insert(
+            0,
+            f"This run is not complete (status: {html.escape(str(status or 'unknown'))}, "
+            f"{steps_done if steps_done is not None else '?'} of {run.config.train.steps} steps): "
+            f"the curves stop at the last saved step and model.safetensors holds the weights saved then. "
+            f"Resume it with <code>arithlens train --resume {html.escape(str(run.path))}</code>.",
+        )
+    sections = [_header_section(run, tables.get("summary"))]
+    phases = phase_bands(tables)
+    if metrics is not None:
+        sections.append(_training_section(metrics, phases, notices))
+    if tables:
+        sections += _analysis_sections(tables, run, notices)
+    return _page(run, sections, notices)
+
+
+# ----- inputs --------------------------------------------------------------
+
+
+def _metrics(run: Run, notices: list[str]) -> pd.DataFrame | None:
+    path = run.path / METRICS_FILE
+    if not path.is_file():
+        notices.append(f"No {METRICS_FILE}: the run has not recorded a training step, so there are no loss curves.")
+        return None
+    metrics = pd.read_parquet(path)
+    if len(metrics) == 0:
+        notices.append(f"{METRICS_FILE} is empty, so there are no loss curves.")
+        return None
+    return metrics
+
+
+def _analysis(run: Run, notices: list[str]) -> dict[str, Any]:
+    folder = run.path / ANALYSIS_DIR
+    if not folder.is_dir():
+        notices.append(
+            f"No {ANALYSIS_DIR}/ folder: the interpretability analysis has not been run. "
+            f"Run <code>arithlens analyze {html.escape(str(run.path))}</code>, then rebuild this report."
+        )
+        return {}
+    from arithlens.analysis.runner import load_analysis  # imports the analysis stack only when there is one
+
+    return dict(load_analysis(run.path))
+
+
+# ----- sections ------------------------------------------------------------
+
+
+def _header_section(run: Run, summary: Any = None) -> Section:
+    info = run.info
+    config_data = json.loads((run.path / "config.json").read_text())
+    facts = {
+        "run folder": str(run.path),
+        "status": info.get("status", "unknown"),
+        "steps done": f"{info.get('steps_done', '?')} of {run.config.train.steps}",
+        "data seed": run.config.train.seed,
+        "model seed": run.config.model.seed,
+        "training mode": (f"finite ({run.config.train.finite} questions)" if run.config.train.finite else "infinite"),
+        "device": info.get("device", "unknown"),
+        "started": info.get("started", "unknown"),
+        "finished": info.get("finished", "not finished"),
+        "run time": _duration(info.get("seconds")),
+        "trained with arithlens": config_data.get("arithlens_version", "unknown"),
+        "report by arithlens": arithlens.__version__,
+        "report built": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    command = info.get("command") or "(not recorded)"
+    section = Section("run", "Run")
+    section.items.append(("", _key_values(facts)))
+    section.items.append(("Command that reproduces this run", f"<pre><code>{html.escape(command)}</code></pre>"))
+    section.items.append(("Model", _key_values(run.config.model.to_dict())))
+    section.items.append(("Training", _key_values(run.config.train.to_dict())))
+    if isinstance(summary, dict):
+        settings = {"analysed": summary.get("created", "unknown"), **summary.get("settings", {}),
+                    "seconds": round(sum(summary.get("seconds", {}).values()), 1)}
+        section.items.append(("Analysis settings", _key_values(settings)))
+    return section
+
+
+def _training_section(metrics: pd.DataFrame, phases: pd.DataFrame | None, notices: list[str]) -> Section:
+    finite = training_plots.is_finite_mode(metrics)
+    intro = (
+        "The seed notebook's loss graphs. Per-digit sub-task curves split every answer digit's loss into "
+        "BaseAdd (no carry in), UseCarry1 (carry in, digit pair not summing to 9) and UseSum9 (carry in, pair "
+        "summing to 9); case counts are summed over all steps and digits. Where a step had no case of a sub-task, "
+        "the previous value is carried forward."
+    )
+    if finite:
+        intro += " Finite mode: sub-task curves are measured on each step's fresh test batch, as in the seed."
+    if phases is not None and len(phases):
+        intro += " Shaded bands on the loss curves mark the phase changes found per answer digit."
+    section = Section("training", "Training", intro)
+    try:
+        section.items += training_plots.training_figures(metrics, phases)
+    except (KeyError, ValueError) as error:  # e.g. a metrics table from another version: say so, keep the rest
+        notices.append(f"The loss curves could not be drawn from {METRICS_FILE} ({html.escape(type(error).__name__)}: "
+                       f"{html.escape(str(error))}).")
+    return section
+
+
+def _analysis_sections(tables: dict[str, Any], run: Run, notices: list[str]) -> list[Section]:
+    model = run.config.model
+    sections: list[Section] = []
+    for key, title, intro, parts in ANALYSIS_PARTS:
+        section = Section(key, title, intro)
+        for heading, name, make in parts:
+            frame = tables.get(name)
+            if not isinstance(frame, pd.DataFrame):
+                notices.append(f"{title}: {heading} is left out (no analysis table <code>{name}</code>; "
+                               f"rerun <code>arithlens analyze</code>).")
+                continue
+            if not len(frame):
+                items: list[Item] = [f"<p class='intro'>{EMPTY_NOTES.get(name, 'Nothing to show.')}</p>"]
+            else:
+                try:
+                    items = make(frame, tables, model.n_digits, model.n_layers, model.n_heads)
+                except Exception as error:  # one odd table must not cost the whole report; the notice says why
+                    notices.append(f"{title}: {heading} could not be drawn from <code>{name}</code> "
+                                   f"({html.escape(type(error).__name__)}: {html.escape(str(error))}).")
+                    continue
+            section.items += [(heading if i == 0 else "", item) for i, item in enumerate(items)]
+        if section.items:
+            sections.append(section)
+    return sections
+
+
+def phase_bands(tables: dict[str, Any]) -> pd.DataFrame | None:
+    """The phase-change table (answer_digit, start_step, end_step), if the analysis found any."""
+    phases = tables.get("phases")
+    return phases if isinstance(phases, pd.DataFrame) and len(phases) else None
+
+
+PERCENT_COLUMNS = {"accuracy", "failure_rate", "failure_rate_before", "failure_rate_after"}
+
+
+def _percent(values: pd.Series) -> list[str]:
+    # Accuracy near 1 is the interesting part: 4 significant decimals would print 0.999999 as "1".
+    return ["" if pd.isna(v) else f"{round(100 * v, 4) + 0.0:.4f}%" for v in values]  # + 0.0: no "-0.0000%"
+
+
+def _accuracy_items(frame: pd.DataFrame, t: dict[str, Any], n: int, layers: int, heads: int) -> list[Item]:
+    columns = ["group_kind", "group", "questions", "correct", "accuracy", "failures", "nines"]
+    items: list[Item] = []
+    if "source" not in frame.columns:
+        return [frame[columns]]
+    random_rows = frame[frame["source"] == "random"]
+    if len(random_rows):
+        items.append(f"<p class='intro'>{html.escape(str(random_rows['source_description'].iloc[0]))}:</p>")
+        items.append(random_rows[columns])
+    sets = frame[(frame["source"] != "random") & (frame["group_kind"] == "overall")]
+    if len(sets):
+        items.append("<p class='intro'>Each named question set (every case it claims is present):</p>")
+        items.append(sets[["source", "source_description", "questions", "correct", "accuracy", "failures", "nines"]])
+    return items
+
+
+def _algorithm_items(frame: pd.DataFrame, t: dict[str, Any], n: int, layers: int, heads: int) -> list[Item]:
+    grid = pd.DataFrame({"answer digit": [f"A{d}" for d in range(n, -1, -1)]})
+    for role in ("BaseAdd", "MakeCarry1", "MakeSum9", "UseSum9"):
+        grid[role] = [", ".join(f"{r.node} ({r.confidence})" for r in frame[(frame["answer_digit"] == digit)
+                      & (frame["role"] == role)].itertuples()) for digit in grid["answer digit"]]
+    columns = ["answer_digit", "role", "node", "supported_by", "confidence", "evidence"]
+    return [grid, "<p class='intro'>Each claim and its evidence (confidence counts the kinds of evidence that "
+                  "agree: patching and ablation are causal, PCA only supports):</p>", frame[columns]]
+
+
+def _node_items(frame: pd.DataFrame, t: dict[str, Any], n: int, layers: int, heads: int) -> list[Item]:
+    classes = [c for c in ("BA", "UC1", "US9") if (frame["subtask_class"] == c).any()]
+    return [analysis_plots.node_effect_heatmaps(frame, n, value="accuracy_delta"),
+            analysis_plots.node_effect_heatmaps(frame, n, value="loss_delta"),
+            *(analysis_plots.node_effect_heatmaps(frame, n, value="accuracy_delta", subtask_class=c) for c in classes)]
+
+
+def _pca_items(points: pd.DataFrame, t: dict[str, Any], n: int, layers: int, heads: int) -> list[Item]:
+    summary = t.get("pca")
+    items: list[Item] = [analysis_plots.pca_scatter(points, n, summary=summary)]
+    below2 = points[points["tri_state_below2"] != "n/a"]
+    if len(below2):
+        items.append(analysis_plots.pca_scatter(below2, n, colour_by="tri_state_below2", summary=summary))
+    if isinstance(summary, pd.DataFrame) and len(summary):
+        items.append(summary.sort_values("separation", ascending=False))
+    return items
+
+
+Make = Callable[[pd.DataFrame, dict[str, Any], int, int, int], list[Item]]
+AP = analysis_plots
+ANALYSIS_PARTS: list[tuple[str, str, str, list[tuple[str, str, Make]]]] = [
+    ("algorithm", "Algorithm map",
+     "Which node computes which sub-task for each answer digit, as far as causal evidence supports it.",
+     [("Nodes per answer digit and sub-task (confidence in brackets)", "algorithm_map", _algorithm_items)]),
+    ("accuracy", "Accuracy", "Accuracy in nines (on 1M questions 0-1 failures is six nines, 2-10 five nines).",
+     [("Accuracy", "accuracy", _accuracy_items),
+      ("Cases the model cannot do", "failed_cases", lambda f, t, n, l, h: [f]),
+      ("Failures", "failures", lambda f, t, n, l, h: [f])]),
+    ("attention", "Attention", "Mean attention of each head per question category, and for a few questions. "
+     "Rows are the query positions that predict an answer digit; columns the positions attended to.",
+     [("Mean attention by question category", "attention",
+       lambda f, t, n, layers, h: [AP.attention_heatmaps(f, n, layer=i) for i in range(layers)]),
+      ("Example questions", "attention_examples",
+       lambda f, t, n, layers, h: [AP.attention_heatmaps(f, n, layer=i, row_key="example") for i in range(layers)])]),
+    ("ablation", "Ablation and useful nodes",
+     "Mean ablation of the residual stream at each position, and of each head and MLP at each position (a node). "
+     "Red marks harm: accuracy falling or loss rising.",
+     [("Useful positions", "position_ablation",
+       lambda f, t, n, l, h: [AP.position_ablation_heatmap(f, n, value=v) for v in ("accuracy_delta", "loss_delta")]),
+      ("Useful nodes", "useful_nodes", lambda f, t, n, l, h: [AP.useful_nodes_map(f, n, l, h), f]),
+      ("Node ablation per answer digit", "node_ablation", _node_items)]),
+    ("attribution", "Logit lens and direct logit attribution", "",
+     [("Logit lens", "logit_lens", lambda f, t, n, l, h: [AP.logit_lens_figure(f, n)]),
+      ("Direct logit attribution", "dla", lambda f, t, n, l, h: [AP.dla_heatmap(f, n)]),
+      ("Head attribution by source position", "head_sources", lambda f, t, n, l, h: [AP.head_source_heatmaps(f, n)])]),
+    ("patching", "Activation patching",
+     "Patching one node from a clean question into a corrupted one that differs in one sub-task. Recovery 1 means "
+     "the node alone restores the clean answer's logit difference; flips is the share of pairs that then give the "
+     "clean answer digit (the strong test).",
+     [("Patching grids", "patching",
+       lambda f, t, n, l, h: [AP.patching_heatmaps(f, n, value=v) for v in ("recovery", "flips")])]),
+    ("pca", "PCA of head outputs", "Clusters by the tri-state of the digit pair below (MakeCarry1, MakeSum9, "
+     "neither); sep is the centroid separation (above about 2 the clusters are visibly apart).",
+     [("Head outputs by tri-state", "pca_points", _pca_items)]),
+    ("dynamics", "Training dynamics", "Phase changes per answer digit (shaded on the loss curves), the sub-task "
+     "losses either side, and the nodes that become useful across each phase.",
+     [("Phase changes", "phases", lambda f, t, n, l, h: [f]),
+      ("Sub-task losses across each phase", "subtask_changes", lambda f, t, n, l, h: [f]),
+      ("Nodes across each phase (from checkpoints)", "checkpoint_nodes", lambda f, t, n, l, h: [f])]),
+]
+EMPTY_NOTES = {
+    "algorithm_map": "No node has causal evidence for any sub-task yet (an untrained or barely trained model).",
+    "failed_cases": "None: every case reaches 99% accuracy.",
+    "failures": "None: every question was answered correctly.",
+    "useful_nodes": "No node's ablation breaks an answer digit.",
+    "phases": "No phase change was found in the per-digit loss curves.",
+    "subtask_changes": "No phase change, so nothing to compare.",
+    "checkpoint_nodes": "No phase change was bracketed by checkpoints, or none was compared.",
+}
+
+
+# ----- HTML ----------------------------------------------------------------
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 0;
+       color: #1f2328; background: #fff; }
+header { background: #24292f; color: #fff; padding: 14px 28px; }
+header h1 { margin: 0; font-size: 22px; } header p { margin: 4px 0 0; color: #c9d1d9; }
+nav { padding: 8px 28px; border-bottom: 1px solid #d0d7de; background: #f6f8fa; position: sticky; top: 0; z-index: 5; }
+nav a { margin-right: 14px; color: #0969da; text-decoration: none; }
+main { padding: 0 28px 40px; max-width: 1400px; }
+h2 { border-bottom: 1px solid #d0d7de; padding-bottom: 4px; margin-top: 36px; }
+h3 { margin: 22px 0 6px; font-size: 16px; }
+.notice { background: #fff8c5; border: 1px solid #d4a72c; padding: 10px 14px; margin: 16px 0; border-radius: 6px; }
+.notice li { margin: 3px 0; }
+.figure { width: 100%; min-height: 420px; }
+.figure-error { color: #cf222e; white-space: pre-wrap; }
+table.data { border-collapse: collapse; font-size: 13px; margin: 6px 0 12px; }
+table.data th, table.data td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; vertical-align: top; }
+table.data th { background: #f6f8fa; }
+.table-wrap { max-height: 480px; overflow: auto; display: inline-block; max-width: 100%; }
+pre { background: #f6f8fa; padding: 10px; border-radius: 6px; overflow-x: auto; }
+.intro { color: #57606a; max-width: 1000px; }
+"""
+
+LOADER = """
+(function () {
+  var template = JSON.parse(document.getElementById("plotly-template").textContent);
+  var config = {responsive: true, displaylogo: false};
+  var divs = Array.prototype.slice.call(document.querySelectorAll("div[data-figure]"));
+  function fail(div, error) {
+    div.innerHTML = "<p class='figure-error'>This figure could not be drawn: " + String(error) + "</p>";
+    console.error("figure " + div.id + ": " + (error && error.stack ? error.stack : error));
+  }
+  function draw(i) {
+    if (i >= divs.length) { document.body.setAttribute("data-figures-done", String(divs.length)); return; }
+    var div = divs[i];
+    try {
+      var spec = JSON.parse(document.getElementById(div.id + "-data").textContent);
+      spec.layout.template = template;
+      Plotly.newPlot(div, spec.data, spec.layout, config).catch(function (e) { fail(div, e); });
+    } catch (e) { fail(div, e); }
+    setTimeout(function () { draw(i + 1); }, 0);  // keep the page responsive while figures draw
+  }
+  draw(0);
+})();
+"""
+
+
+def _json_for_script(data: Any) -> str:
+    # '<' '>' '&' only occur inside JSON strings, so escaping them keeps the JSON valid and the script tag closed.
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), allow_nan=False,
+                                                         ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _figure_json(fig: go.Figure, default_template: str) -> str:
+    spec = json.loads(pio.to_json(fig, validate=False, remove_uids=True))
+    layout = spec.setdefault("layout", {})
+    template = layout.get("template")
+    if template is not None and json.dumps(template, sort_keys=True) == default_template:
+        del layout["template"]  # the shared copy is applied by the loader
+    return _json_for_script(spec)
+
+
+def _key_values(data: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_format_value(v))}</td></tr>" for k, v in data.items()
+    )
+    return f"<table class='data'>{rows}</table>"
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_format_value(v) for v in value)
+    if value is None:
+        return "none"
+    return str(value)
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return "unknown"
+    minutes, secs = divmod(float(seconds), 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}h {minutes:02d}m {secs:04.1f}s" if hours else f"{minutes}m {secs:04.1f}s"
+
+
+def table_html(frame: pd.DataFrame, max_rows: int = 200) -> str:
+    """A DataFrame as an escaped HTML table (first `max_rows` rows, with a note when cut)."""
+    shown = frame.head(max_rows)
+    for column in shown.columns:
+        if column in PERCENT_COLUMNS and pd.api.types.is_float_dtype(shown[column]):
+            shown = shown.assign(**{column: _percent(shown[column])})
+    body = shown.to_html(index=False, escape=True, classes="data", border=0, na_rep="", float_format=_float)
+    note = f"<p class='intro'>First {max_rows} of {len(frame)} rows.</p>" if len(frame) > max_rows else ""
+    return f"<div class='table-wrap'>{body}</div>{note}"
+
+
+def _float(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _render_items(section: Section, figures: list[str], default_template: str) -> Iterable[str]:
+    previous = ""
+    for heading, item in section.items:
+        if heading and heading != previous:  # consecutive items of one group share their heading
+            yield f"<h3>{html.escape(heading)}</h3>"
+            previous = heading
+        if isinstance(item, go.Figure):
+            index = len(figures)
+            figures.append(f'<script type="application/json" id="fig-{index}-data">'
+                           f"{_figure_json(item, default_template)}</script>")
+            yield f'<div class="figure" id="fig-{index}" data-figure="{index}"></div>'
+        elif isinstance(item, pd.DataFrame):
+            yield table_html(item)
+        else:
+            yield str(item)
+
+
+def _page(run: Run, sections: list[Section], notices: list[str]) -> str:
+    template_spec = pio.templates[pio.templates.default].to_plotly_json()
+    default_template = json.dumps(template_spec, sort_keys=True)
+    figures: list[str] = []
+    body: list[str] = []
+    for section in sections:
+        body.append(f'<section id="{section.key}"><h2>{html.escape(section.title)}</h2>')
+        if section.intro:
+            body.append(f"<p class='intro'>{section.intro}</p>")
+        body.extend(_render_items(section, figures, default_template))
+        body.append("</section>")
+    nav = " ".join(f'<a href="#{s.key}">{html.escape(s.title)}</a>' for s in sections)
+    notice = (
+        "<div class='notice'><strong>This report is partial.</strong><ul>"
+        + "".join(f"<li>{n}</li>" for n in notices)
+        + "</ul></div>"
+        if notices
+        else ""
+    )
+    plotly_js = plotly.offline.get_plotlyjs()
+    if "</script" in plotly_js.lower():
+        raise ArithlensError("this plotly build cannot be inlined (its JavaScript holds '</script'); reinstall plotly")
+    title = f"arithlens report: {run.path.name}"
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{html.escape(title)}</title>",
+            f'<meta name="arithlens-figure-count" content="{len(figures)}">',
+            f"<style>{CSS}</style>",
+            f"<script>{plotly_js}</script>",
+            "</head><body>",
+            f"<header><h1>{html.escape(title)}</h1><p>{html.escape(_subtitle(run))}</p></header>",
+            f"<nav>{nav}</nav>",
+            "<main>",
+            notice,
+            *body,
+            "</main>",
+            f'<script type="application/json" id="plotly-template">{_json_for_script(template_spec)}</script>',
+            *figures,
+            f"<script>{LOADER}</script>",
+            "</body></html>",
+        ]
+    )
+
+
+def _subtitle(run: Run) -> str:
+    m = run.config.model
+    return (
+        f"{m.n_digits}-digit addition, {m.n_layers} layer(s), {m.n_heads} heads, d_model {m.d_model}, "
+        f"{run.config.train.steps} steps, data seed {run.config.train.seed}"
+    )
