@@ -1,0 +1,116 @@
+"""Analyses of trained addition models, each a function over a model and a question set.
+
+Question sets and outcomes:   make_question_set, question_set_names, evaluate, random_accuracy,
+                              accuracy_table, failure_table, nines
+Ablation and useful nodes:    ablate, node_ablation, position_ablation, useful_positions, useful_nodes,
+                              nodes_table, node_name, parse_node_name
+Attention:                    attention_patterns, mean_attention_by_class, attention_examples, top_attended
+Logit lens and DLA:           analysis_cache, logit_lens, direct_logit_attribution, head_source_attribution
+Activation patching:          make_patch_pairs, activation_patching
+PCA:                          head_output_pca, pca, cluster_separation, tri_state
+Training dynamics:            phase_changes, detect_phase_changes, subtask_changes, compare_checkpoints
+Algorithm map:                algorithm_map, failed_cases
+Everything for a run folder:  analyze_run, load_analysis
+"""
+
+from __future__ import annotations
+
+from arithlens.analysis.ablation import ablate, node_ablation, position_ablation
+from arithlens.analysis.accuracy import (
+    EvalResult,
+    accuracy_table,
+    evaluate,
+    failure_table,
+    nines,
+    random_accuracy,
+)
+from arithlens.analysis.algorithm_map import ROLES, algorithm_map, digit_roles, failed_cases
+from arithlens.analysis.attention import (
+    attention_examples,
+    attention_patterns,
+    circuitsvis_html,
+    mean_attention_by_class,
+    top_attended,
+)
+from arithlens.analysis.attribution import (
+    analysis_cache,
+    digit_class_masks,
+    direct_logit_attribution,
+    head_source_attribution,
+    logit_lens,
+    logit_lens_logits,
+)
+from arithlens.analysis.dynamics import (
+    PhaseChange,
+    compare_checkpoints,
+    detect_phase_changes,
+    phase_changes,
+    subtask_changes,
+)
+from arithlens.analysis.nodes import Node, node_name, nodes_table, parse_node_name, useful_nodes, useful_positions
+from arithlens.analysis.patching import (
+    PAIR_KINDS,
+    PatchPairs,
+    activation_patching,
+    make_patch_pairs,
+    pair_kinds,
+    patch_answer_digit,
+)
+from arithlens.analysis.pca import TRI_STATES, cluster_separation, head_output_pca, head_outputs, pca, tri_state
+from arithlens.analysis.question_sets import QuestionSet, make_question_set, question_set_names
+from arithlens.analysis.runner import analyze_run, load_analysis
+
+__all__ = [
+    "PAIR_KINDS",
+    "ROLES",
+    "TRI_STATES",
+    "EvalResult",
+    "Node",
+    "PatchPairs",
+    "PhaseChange",
+    "QuestionSet",
+    "ablate",
+    "accuracy_table",
+    "activation_patching",
+    "algorithm_map",
+    "analysis_cache",
+    "analyze_run",
+    "attention_examples",
+    "attention_patterns",
+    "circuitsvis_html",
+    "cluster_separation",
+    "compare_checkpoints",
+    "detect_phase_changes",
+    "digit_class_masks",
+    "digit_roles",
+    "direct_logit_attribution",
+    "evaluate",
+    "failed_cases",
+    "failure_table",
+    "head_output_pca",
+    "head_outputs",
+    "head_source_attribution",
+    "load_analysis",
+    "logit_lens",
+    "logit_lens_logits",
+    "make_patch_pairs",
+    "make_question_set",
+    "mean_attention_by_class",
+    "nines",
+    "node_ablation",
+    "node_name",
+    "nodes_table",
+    "pair_kinds",
+    "parse_node_name",
+    "patch_answer_digit",
+    "pca",
+    "phase_changes",
+    "position_ablation",
+    "question_set_names",
+    "random_accuracy",
+    "subtask_changes",
+    "top_attended",
+    "tri_state",
+    "useful_nodes",
+    "useful_positions",
+]

@@ -1,0 +1,288 @@
+"""Activation patching between question pairs that differ in one sub-task, per head and position.
+
+For answer digit A_d a pair is a clean and a corrupted question that share
+every digit except where one sub-task differs, and whose A_d differs (by one,
+except for BaseAdd):
+
+- ``BaseAdd`` (d < n): x_d changes; no carry into d in either question;
+- ``MakeCarry1`` (d >= 1): pair d-1 sums to >= 10 (clean) or <= 8 (corrupted),
+  so the carry into d is made directly or not at all;
+- ``MakeSum9`` (d >= 2): a carry comes into d-1 in both; pair d-1 sums to 9
+  (clean, the carry cascades into d) or 8 (corrupted, it stops);
+- ``UseSum9`` (d >= 2): pair d-1 sums to 9 in both; pair d-2 sums to >= 10
+  (clean) or <= 8 (corrupted), so only the cascade carries into d.
+
+Patching runs the corrupted questions and writes in one clean activation,
+through `transformer_lens.patching.generic_activation_patch` with the setters
+that `get_act_patch_attn_head_out_by_pos` (hook_z per layer, position, head)
+and `get_act_patch_mlp_out` (per layer, position) use. Only what can change
+A_d's logit is patched: in the last layer only the position that predicts A_d
+(a last-layer output at another position never reaches it), in earlier layers
+the positions from the first one where the pair's questions differ (before it
+both runs are identical) up to it; the sequence is cut after that position
+(the model is causal). A test holds these rows equal to the full
+`get_act_patch_attn_head_out_by_pos` sweep, whose other cells are exactly the
+unpatched value. All pair kinds of one answer digit share a batch, so each
+patch costs one forward per digit.
+
+The metric per pair is the logit difference at A_d's position between the
+clean and the corrupted answer digit. `recovery` = (patched - corrupted) /
+(clean - corrupted) on the means: 1 means the node alone restores the clean
+answer's preference. `flips` (the published "strong test") is the share of
+pairs whose patched prediction of A_d is exactly the clean answer digit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from transformer_lens import patching
+from transformer_lens.ActivationCache import ActivationCache
+from transformer_lens.model_bridge import TransformerBridge
+
+from arithlens.analysis.accuracy import check_batch
+from arithlens.analysis.nodes import node_name, parse_node_name
+from arithlens.errors import ArithlensError
+from arithlens.model import model_config_of
+from arithlens.task import AdditionBatch, AdditionTask
+
+PAIR_KINDS = ("BaseAdd", "MakeCarry1", "MakeSum9", "UseSum9")
+_FIRST_DIGIT = {"BaseAdd": 0, "MakeCarry1": 1, "MakeSum9": 2, "UseSum9": 2}
+
+
+@dataclass
+class PatchPairs:
+    """Clean and corrupted questions, row for row, that differ in one sub-task feeding A`answer_digit`."""
+
+    kind: str
+    answer_digit: int
+    clean: AdditionBatch
+    corrupted: AdditionBatch
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+
+def pair_kinds(n_digits: int) -> list[tuple[str, int]]:
+    """Every (kind, answer digit) pair set that exists for `n_digits`."""
+    kinds = []
+    for digit in range(n_digits, -1, -1):
+        for kind in PAIR_KINDS:
+            if _FIRST_DIGIT[kind] <= digit and not (kind == "BaseAdd" and digit == n_digits):
+                kinds.append((kind, digit))
+    return kinds
+
+
+def _pairs_with_sums(sums: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits x, y (each [count]) with x + y == sums, x uniform over what fits."""
+    low = (sums - 9).clamp(min=0)
+    high = sums.clamp(max=9)
+    x = low + (torch.rand(sums.shape, generator=generator) * (high - low + 1)).long().clamp(max=high - low)
+    return x, sums - x
+
+
+def _random_sums(count: int, low: int, high: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(low, high + 1, (count,), generator=generator)
+
+
+def make_patch_pairs(task: AdditionTask, kind: str, answer_digit: int, count: int = 64, seed: int = 0) -> PatchPairs:
+    """`count` seeded pairs of one kind for answer digit A`answer_digit` (see the module docstring)."""
+    n = task.n_digits
+    if kind not in PAIR_KINDS:
+        raise ArithlensError(f"unknown pair kind {kind!r}; use one of {', '.join(PAIR_KINDS)}")
+    if (kind, answer_digit) not in pair_kinds(n):
+        valid = sorted({d for k, d in pair_kinds(n) if k == kind})
+        raise ArithlensError(f"{kind} pairs for {n} digits exist for answer digits {valid}, not {answer_digit}")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ArithlensError(f"count must be an integer >= 1, got {count!r}")
+    generator = torch.Generator().manual_seed(seed * 1009 + answer_digit * 31 + PAIR_KINDS.index(kind))
+    x = torch.randint(0, 10, (count, n), generator=generator)  # units first
+    y = torch.randint(0, 10, (count, n), generator=generator)
+    d = answer_digit
+
+    def set_sums(xs: torch.Tensor, ys: torch.Tensor, column: int, sums: torch.Tensor) -> None:
+        xs[:, column], ys[:, column] = _pairs_with_sums(sums, generator)
+
+    if kind == "BaseAdd":
+        if d >= 1:
+            set_sums(x, y, d - 1, _random_sums(count, 0, 8, generator))  # no carry into d
+        x2, y2 = x.clone(), y.clone()
+        x2[:, d] = (x[:, d] + torch.randint(1, 10, (count,), generator=generator)) % 10
+    elif kind == "MakeCarry1":
+        set_sums(x, y, d - 1, _random_sums(count, 10, 18, generator))
+        x2, y2 = x.clone(), y.clone()
+        set_sums(x2, y2, d - 1, _random_sums(count, 0, 8, generator))
+    elif kind == "MakeSum9":
+        set_sums(x, y, d - 2, _random_sums(count, 10, 18, generator))  # a carry into d-1 in both
+        set_sums(x, y, d - 1, torch.full((count,), 9))
+        x2, y2 = x.clone(), y.clone()
+        set_sums(x2, y2, d - 1, torch.full((count,), 8))
+    else:  # UseSum9
+        set_sums(x, y, d - 1, torch.full((count,), 9))
+        set_sums(x, y, d - 2, _random_sums(count, 10, 18, generator))
+        x2, y2 = x.clone(), y.clone()
+        set_sums(x2, y2, d - 2, _random_sums(count, 0, 8, generator))
+    clean, corrupted = task.batch_from_digits(x, y), task.batch_from_digits(x2, y2)
+    column = n - d  # answer tokens run An .. A0
+    differs = clean.tokens[:, 2 * n + 2 + column] != corrupted.tokens[:, 2 * n + 2 + column]
+    if not bool(differs.all()):
+        raise AssertionError(f"{kind} pairs for A{d} do not all change A{d}")  # a construction bug, not bad input
+    return PatchPairs(kind=kind, answer_digit=d, clean=clean, corrupted=corrupted)
+
+
+def _index_df(n_layers: int, target: int, per_head: int | None, first: int = 0,
+              nodes: set[str] | None = None) -> pd.DataFrame:
+    """(layer, pos[, head]) rows that can reach the logit at position `target`.
+
+    Earlier layers: positions `first` .. target (before `first` the clean and
+    corrupted questions are the same, so patching there changes nothing); the
+    last layer: the target only. `nodes` keeps only those node names.
+    """
+    rows = []
+    for layer in range(n_layers):
+        positions = [target] if layer == n_layers - 1 else list(range(first, target + 1))
+        for pos in positions:
+            for head in (range(per_head) if per_head else [None]):
+                if nodes is None or node_name(pos, layer, head) in nodes:
+                    rows.append((layer, pos) if head is None else (layer, pos, head))
+    return pd.DataFrame(rows, columns=["layer", "pos", "head"] if per_head else ["layer", "pos"])
+
+
+def _metrics(target: int, clean_digit: torch.Tensor, corrupt_digit: torch.Tensor
+             ) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Per-pair metrics on logits [batch, pos, vocab]."""
+    def logit_diff(logits: torch.Tensor) -> torch.Tensor:
+        row = logits[:, target]
+        return (row.gather(-1, clean_digit[:, None]) - row.gather(-1, corrupt_digit[:, None])).squeeze(-1)
+
+    def flips(logits: torch.Tensor) -> torch.Tensor:
+        return (logits[:, target, :10].argmax(dim=-1) == clean_digit).float()
+
+    return {"logit_diff": logit_diff, "flips": flips}
+
+
+def patch_sweep(model: TransformerBridge, corrupted_tokens: torch.Tensor, clean_cache: ActivationCache,
+                metrics: dict[str, Callable[[torch.Tensor], torch.Tensor]], target: int, *, first: int = 0,
+                nodes: set[str] | None = None) -> list[tuple[str, pd.DataFrame, torch.Tensor]]:
+    """Patch, one at a time, every head output (hook_z) and MLP output that can reach position `target`.
+
+    Returns (component, index_df, values [metric, row, batch]) for "head" and
+    "mlp" (a component with no node left to patch is left out); index_df has
+    columns (layer, pos, head) or (layer, pos). See `_index_df` for `first` and `nodes`.
+    """
+    config = model_config_of(model)
+    sweeps = (
+        ("head", "z", patching.layer_pos_head_vector_patch_setter,
+         _index_df(config.n_layers, target, config.n_heads, first, nodes)),
+        ("mlp", "mlp_out", patching.layer_pos_patch_setter, _index_df(config.n_layers, target, None, first, nodes)),
+    )
+    results = []
+    for component, activation, setter, index_df in sweeps:
+        if index_df.empty:
+            continue
+        # transformer_lens.patching draws its own tqdm bar per sweep; arithlens shows rich bars instead.
+        with torch.inference_mode(), contextlib.redirect_stderr(io.StringIO()):
+            result = patching.generic_activation_patch(model, corrupted_tokens, clean_cache, metrics, setter,
+                                                       activation, index_df=index_df, reduce="none")
+        results.append((component, index_df, result.values.cpu()))
+    return results
+
+
+def patch_answer_digit(model: TransformerBridge, pair_sets: list[PatchPairs], *,
+                       nodes: set[str] | None = None) -> pd.DataFrame:
+    """Patch every head (hook_z) and MLP (mlp_out) that can reach one answer digit, for its pair sets.
+
+    All sets must be for the same answer digit; they share one batch. `nodes`
+    limits the patching to those node names. Columns as `activation_patching`.
+    """
+    if not pair_sets:
+        raise ArithlensError("no pair sets to patch")
+    digits = {p.answer_digit for p in pair_sets}
+    if len(digits) != 1:
+        raise ArithlensError(f"patch_answer_digit takes pair sets of one answer digit, got {sorted(digits)}")
+    clean = AdditionBatch.concat([p.clean for p in pair_sets])
+    corrupted = AdditionBatch.concat([p.corrupted for p in pair_sets])
+    n = check_batch(model, clean)
+    task = AdditionTask(n)
+    digit = digits.pop()
+    target = task.logit_position_for_answer_digit(digit)
+    device = model.W_U.device
+    column = 2 * n + 2 + (n - digit)
+    metrics = _metrics(target, clean.tokens[:, column].to(device), corrupted.tokens[:, column].to(device))
+    # The model is causal, so positions after the target cannot change its logits: leave them out (saves a fifth).
+    with torch.inference_mode():
+        clean_logits, clean_cache = model.run_with_cache(
+            clean.tokens[:, : target + 1].to(device),
+            names_filter=lambda name: name.endswith(("attn.hook_z", "hook_mlp_out")))
+        clean_values = torch.stack([metric(clean_logits) for metric in metrics.values()]).cpu()  # [metric, batch]
+        corrupted_tokens = corrupted.tokens[:, : target + 1].to(device)
+        corrupted_logits = model(corrupted_tokens)
+        baseline = torch.stack([metric(corrupted_logits) for metric in metrics.values()]).cpu()
+    names = task.position_names()
+    bounds = torch.cumsum(torch.tensor([0] + [len(p) for p in pair_sets]), 0).tolist()
+    rows = []
+    differs = (clean.tokens[:, : target + 1] != corrupted.tokens[:, : target + 1]).any(dim=0)
+    first = int(differs.nonzero()[0, 0])  # the pairs always differ somewhere in the question
+    for component, index_df, values in patch_sweep(model, corrupted_tokens, clean_cache, metrics, target,
+                                                   first=first, nodes=nodes):
+        for set_index, pairs in enumerate(pair_sets):
+            part = slice(bounds[set_index], bounds[set_index + 1])
+            clean_ld = float(clean_values[0, part].mean())
+            corrupt_ld = float(baseline[0, part].mean())
+            span = clean_ld - corrupt_ld
+            for row_index, index_row in enumerate(index_df.itertuples(index=False)):
+                patched_ld = float(values[0, row_index, part].mean())
+                head = int(index_row.head) if component == "head" else -1
+                position = int(index_row.pos)
+                rows.append({
+                    "kind": pairs.kind, "answer_digit": f"A{digit}", "component": component,
+                    "layer": int(index_row.layer), "head": head, "position": position,
+                    "position_name": names[position],
+                    "node": node_name(position, int(index_row.layer), None if component == "mlp" else head),
+                    "pairs": len(pairs), "clean_logit_diff": clean_ld, "corrupted_logit_diff": corrupt_ld,
+                    "patched_logit_diff": patched_ld,
+                    "recovery": (patched_ld - corrupt_ld) / span if abs(span) > 1e-9 else float("nan"),
+                    "flips": float(values[1, row_index, part].mean()),
+                    "clean_correct": float(clean_values[1, part].mean()),
+                    "baseline_flips": float(baseline[1, part].mean()),
+                })
+    return pd.DataFrame(rows)
+
+
+def activation_patching(model: TransformerBridge, *, count: int = 64, seed: int = 0,
+                        kinds: list[tuple[str, int]] | None = None, nodes: Iterable[str] | None = None,
+                        progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+    """Patch heads and MLPs for every (kind, answer digit) pair set (or just `kinds`).
+
+    `nodes` limits the patching to those node names (e.g. the useful nodes, as
+    the published work did); in models of several layers that saves most of
+    the time, since earlier layers have a node at every position.
+
+    Columns [kind, answer_digit, component ("head"|"mlp"), layer, head (-1 for
+    MLPs), position, position_name, node, pairs, clean_logit_diff,
+    corrupted_logit_diff, patched_logit_diff, recovery, flips, clean_correct,
+    baseline_flips]. `flips` is the share of patched pairs that now predict
+    the clean answer digit, `baseline_flips` that share with no patch, and
+    `clean_correct` the share of clean questions whose A_d the model gets right.
+    `progress(k)` is called after each answer digit with the number of pair sets done.
+    """
+    config = model_config_of(model)
+    task = AdditionTask(config.n_digits)
+    wanted = pair_kinds(config.n_digits) if kinds is None else list(kinds)
+    keep = None if nodes is None else set(nodes)
+    for name in keep or ():
+        parse_node_name(name)  # a clear error for a misspelt node
+    frames = []
+    for digit in sorted({d for _, d in wanted}, reverse=True):
+        sets = [make_patch_pairs(task, kind, digit, count, seed) for kind, d in wanted if d == digit]
+        frames.append(patch_answer_digit(model, sets, nodes=keep))
+        if progress is not None:
+            progress(len(sets))
+    if not frames:
+        raise ArithlensError("no pair kinds to patch")
+    return pd.DataFrame(pd.concat(frames, ignore_index=True))

@@ -1,0 +1,342 @@
+"""`analyze_run`: every analysis of a run folder, written to RUN_DIR/analysis/ as parquet plus summary.json.
+
+Question sets (helper A's `make_question_set`, all seeded by `seed`):
+`count` random questions feed the ablations; their first `sample_count` feed
+one shared activation cache for attention, logit lens, DLA and PCA;
+`set_count` questions of every named set measure accuracy by case;
+`full_accuracy_count` random questions (default `count`) measure overall
+accuracy and nines; patching builds its own `patch_count` pairs per kind and
+patches every last-layer node at the answer-predicting positions plus every
+useful node (earlier-layer nodes that ablation finds useless are skipped,
+which is what keeps multi-layer models fast).
+
+Files (one row per ...; columns):
+
+- accuracy.parquet: accuracy_table rows of each question set.
+  [source, source_description, group_kind, group, questions, correct, accuracy, failures, nines];
+  source "random" is the full-accuracy set, others are the named sets.
+- failures.parquet: up to 1000 wrongly answered random questions. [question, expected, predicted,
+  wrong_digits, category, cascade_depth, use_carry1, use_sum9]
+- failed_cases.parquet: cases the model cannot do (accuracy < 99%), worst first. [source, group_kind,
+  group, questions, accuracy, failure_rate, description]
+- node_ablation.parquet: mean ablation of each head/MLP at each position. [node, kind, position, layer,
+  head, answer_digit, subtask_class, questions, loss, loss_delta, accuracy, accuracy_delta]
+- position_ablation.parquet: [position, position_name, answer_digit, questions, loss, loss_delta,
+  accuracy, accuracy_delta]
+- useful_nodes.parquet: [node, kind, position, layer, head, impacts, failing_subtasks, failure_rate, attends_to]
+- attention.parquet: mean attention per category. [category, questions, layer, head, query_pos,
+  query_name, key_pos, key_name, weight]
+- attention_examples.parquet: [example, question, category, layer, head, query_pos, query_name, key_pos,
+  key_name, weight]
+- logit_lens.parquet: [answer_digit, position, subtask_class, stage_index, stage, questions,
+  correct_logit, logit_diff, accuracy, loss]
+- dla.parquet: [answer_digit, position, subtask_class, component, kind, layer, head, node, questions,
+  logit_attr, logit_diff_attr]
+- head_sources.parquet: [answer_digit, position, subtask_class, layer, head, node, source_pos,
+  source_name, questions, logit_attr, logit_diff_attr]
+- patching.parquet: [kind, answer_digit, component, layer, head, position, position_name, node, pairs,
+  clean_logit_diff, corrupted_logit_diff, patched_logit_diff, recovery, flips, clean_correct, baseline_flips]
+- pca.parquet: [answer_digit, position, layer, head, node, pair_digit, pair_offset, questions,
+  n_make_carry1, n_make_sum9, n_neither, explained_variance_pc1, explained_variance_pc2,
+  explained_variance_pc3, explained_variance_top, separation, silhouette]
+- pca_points.parquet: [answer_digit, position, layer, head, node, question, pc1, pc2, pc3,
+  tri_state_below, tri_state_below2]
+- phases.parquet: [answer_digit, loss_column, phase, start_step, steepest_step, end_step, loss_before,
+  loss_after, log10_drop, max_slope_per_1k]
+- subtask_changes.parquet: [answer_digit, phase, column, subtask, digit, loss_before, loss_after, log10_change]
+- checkpoint_nodes.parquet: [answer_digit, phase, step_before, step_after, node, useful_before,
+  useful_after, became_useful, failure_rate_before, failure_rate_after, impacts_after, failing_subtasks_after]
+- algorithm_map.parquet: [answer_digit, role, node, kind, position, layer, head, supported_by,
+  confidence, patching_recovery, patching_flips, ablation_drop, pca_separation, pca_silhouette,
+  attends_to, evidence]
+- summary.json: model config, settings, overall accuracy, per answer digit its useful nodes with
+  their sub-task roles, its role -> nodes map and phase changes; the cases the model cannot do;
+  every file's columns; seconds per stage.
+
+Tables of a stage that has nothing to report (no metrics, no phase change)
+are written empty with their columns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from arithlens import __version__
+from arithlens.analysis.ablation import node_ablation, position_ablation
+from arithlens.analysis.accuracy import accuracy_table, evaluate, failure_table, random_accuracy
+from arithlens.analysis.algorithm_map import algorithm_map, digit_roles, failed_cases
+from arithlens.analysis.attention import attention_examples, mean_attention_by_class, top_attended
+from arithlens.analysis.attribution import analysis_cache, direct_logit_attribution, head_source_attribution, logit_lens
+from arithlens.analysis.dynamics import bracketing_steps, compare_checkpoints, phase_changes, subtask_changes
+from arithlens.analysis.nodes import Node, node_name, nodes_table, useful_nodes
+from arithlens.analysis.patching import activation_patching, pair_kinds
+from arithlens.analysis.pca import head_output_pca
+from arithlens.analysis.question_sets import make_question_set, question_set_names
+from arithlens.errors import ArithlensError, RunFolderError
+from arithlens.runs import ANALYSIS_DIR, Run, load_run, resolve_run_path, write_json
+from arithlens.task import AdditionTask
+
+SUMMARY_FILE = "summary.json"
+FAILURE_LIMIT = 1000
+
+
+def _check_count(name: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ArithlensError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+class _Stages:
+    """One rich progress bar per stage (or nothing when progress is off), with seconds per stage."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, total: int = 1) -> Iterator[Callable[[int], None]]:
+        started = time.perf_counter()
+        task_id = None if self.progress is None else self.progress.add_task(name, total=max(total, 1))
+
+        def advance(k: int) -> None:
+            if self.progress is not None and task_id is not None:
+                self.progress.advance(task_id, k)
+
+        yield advance
+        if self.progress is not None and task_id is not None:
+            self.progress.update(task_id, completed=max(total, 1))
+        self.seconds[name] = round(time.perf_counter() - started, 3)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[_Stages]:
+    if not enabled:
+        yield _Stages(None)
+        return
+    columns = (TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as progress:
+        yield _Stages(progress)
+
+
+def analyze_run(run_dir: str | Path, *, count: int = 10_000, progress: bool = True,
+                full_accuracy_count: int | None = None, sample_count: int = 1000, set_count: int = 300,
+                patch_count: int = 24, checkpoint_count: int = 500, threshold: float = 0.01,
+                seed: int = 0, dynamics: bool = True) -> dict[str, pd.DataFrame]:
+    """Run every analysis on a run folder and write RUN_DIR/analysis/ (see the module docstring).
+
+    Returns the tables by name (file stem). `dynamics=False` skips the
+    checkpoint comparison (phases are still detected from the metrics), which
+    evaluates the node ablation of every checkpoint that brackets a phase.
+    """
+    _check_count("count", count)
+    full_accuracy_count = count if full_accuracy_count is None else full_accuracy_count
+    for name, value in (("full_accuracy_count", full_accuracy_count), ("sample_count", sample_count),
+                        ("set_count", set_count), ("patch_count", patch_count), ("checkpoint_count", checkpoint_count)):
+        _check_count(name, value)
+    _check_count("seed", seed, 0)
+    tables: dict[str, pd.DataFrame] = {}
+    with _progress(progress) as stages:
+        with stages.stage("load"):
+            run = load_run(run_dir)
+            model = run.model()
+            n = run.config.model.n_digits
+            task = AdditionTask(n)
+            random_set = make_question_set(task, "random", count, seed)
+            batch = random_set.batch
+            sample = batch.select(slice(0, min(sample_count, count)))
+
+        set_names = [name for name in question_set_names(n) if name != "random"]
+        with stages.stage("accuracy", total=1 + len(set_names)) as advance:
+            result = random_accuracy(model, full_accuracy_count, seed)
+            frames = [accuracy_table(result).assign(source="random", source_description=(
+                f"{full_accuracy_count:,} uniformly random questions"))]
+            tables["failures"] = failure_table(result, task, limit=FAILURE_LIMIT)
+            advance(1)
+            for name in set_names:
+                question_set = make_question_set(task, name, set_count, seed)
+                frames.append(accuracy_table(evaluate(model, question_set.batch)).assign(
+                    source=name, source_description=question_set.description))
+                advance(1)
+            accuracy = pd.concat(frames, ignore_index=True)
+            front = ["source", "source_description"]
+            tables["accuracy"] = accuracy[front + [c for c in accuracy.columns if c not in front]]
+
+        with stages.stage("ablation", total=3) as advance:
+            tables["node_ablation"] = node_ablation(model, batch, method="mean")
+            advance(1)
+            tables["position_ablation"] = position_ablation(model, batch, method="mean")
+            advance(1)
+            nodes = useful_nodes(model, batch, threshold=threshold, ablation=tables["node_ablation"])
+            tables["useful_nodes"] = nodes_table(nodes)
+
+        with stages.stage("cache"):
+            cache = analysis_cache(model, sample)
+
+        with stages.stage("attention", total=2) as advance:
+            tables["attention"] = mean_attention_by_class(model, sample, cache=cache)
+            advance(1)
+            tables["attention_examples"] = attention_examples(model, task, seed=seed)
+
+        with stages.stage("attribution", total=3) as advance:
+            tables["logit_lens"] = logit_lens(model, sample, cache=cache)
+            advance(1)
+            tables["dla"] = direct_logit_attribution(model, sample, cache=cache)
+            advance(1)
+            tables["head_sources"] = head_source_attribution(model, sample, cache=cache)
+
+        with stages.stage("patching", total=len(pair_kinds(n))) as advance:
+            config = run.config.model
+            grid = {node_name(p, config.n_layers - 1, h) for p in task.answer_logit_positions
+                    for h in [*range(config.n_heads), None]}
+            tables["patching"] = activation_patching(model, count=patch_count, seed=seed, progress=advance,
+                                                     nodes=grid | {node.name for node in nodes})
+
+        with stages.stage("pca"):
+            tables["pca"], tables["pca_points"] = head_output_pca(model, sample, cache=cache)
+        del cache
+
+        with stages.stage("phases"):
+            metrics = _metrics(run)
+            tables["phases"] = phase_changes(metrics)
+            tables["subtask_changes"] = subtask_changes(metrics, tables["phases"])
+
+        phases = tables["phases"] if dynamics else tables["phases"].iloc[0:0]
+        final_step = int(run.info.get("steps_done") or (metrics["step"].max() if len(metrics) else 0))
+        models = {s for pair in bracketing_steps(phases, run.checkpoint_steps(), final_step).values() for s in pair}
+        with stages.stage("checkpoints", total=len(models)) as advance:
+            tables["checkpoint_nodes"] = compare_checkpoints(
+                run, phases, batch.select(slice(0, min(checkpoint_count, count))), threshold=threshold,
+                progress=advance)
+
+        with stages.stage("algorithm map"):
+            attention_top = top_attended(tables["attention"], top_k=2, min_weight=0.1)
+            tables["algorithm_map"] = algorithm_map(n, tables["node_ablation"], patching=tables["patching"],
+                                                    pca=tables["pca"], attention=attention_top, threshold=threshold)
+            tables["failed_cases"] = failed_cases(tables["accuracy"])
+
+        with stages.stage("write", total=len(tables) + 1) as advance:
+            folder = run.path / ANALYSIS_DIR
+            try:
+                folder.mkdir(exist_ok=True)
+                for name, frame in tables.items():
+                    _write_parquet(frame, folder / f"{name}.parquet")
+                    advance(1)
+            except OSError as error:
+                raise RunFolderError(f"cannot write the analysis into {folder}: {error}") from None
+            summary = _summary(run, tables, nodes, stages.seconds, settings={
+                "count": count, "full_accuracy_count": full_accuracy_count, "sample_count": min(sample_count, count),
+                "set_count": set_count, "patch_count": patch_count, "checkpoint_count": checkpoint_count,
+                "threshold": threshold, "seed": seed, "dynamics": dynamics})
+            write_json(folder / SUMMARY_FILE, summary)
+    return tables
+
+
+def _metrics(run: Run) -> pd.DataFrame:
+    """The run's metrics table, or an empty one (no phases) for a run folder without metrics."""
+    try:
+        return run.metrics
+    except RunFolderError:
+        return pd.DataFrame({"step": [], "loss_A0": []})
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf become None, numpy scalars plain Python."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _summary(run: Run, tables: dict[str, pd.DataFrame], nodes: list[Node], seconds: dict[str, float],
+             settings: dict[str, Any]) -> dict[str, Any]:
+    n = run.config.model.n_digits
+    accuracy = tables["accuracy"]
+    random_rows = accuracy[accuracy["source"] == "random"]
+    overall = random_rows[random_rows["group_kind"] == "overall"].iloc[0]
+    roles = digit_roles(tables["algorithm_map"])
+    claims = tables["algorithm_map"]
+    phases = tables["phases"]
+    checkpoint_nodes = tables["checkpoint_nodes"]
+    digits: dict[str, Any] = {}
+    for digit in range(n, -1, -1):
+        name = f"A{digit}"
+        row = random_rows[(random_rows["group_kind"] == "answer_digit") & (random_rows["group"] == name)]
+        useful = []
+        for node in nodes:
+            if name not in node.impacts:
+                continue
+            node_roles = claims[(claims["answer_digit"] == name) & (claims["node"] == node.name)]["role"].tolist()
+            useful.append({"node": node.name, "kind": node.kind, "roles": node_roles or ["unassigned"],
+                           "failure_rate": node.failure_rate,
+                           "failing_subtasks": [f for f in node.failing_subtasks if f.startswith(f"{name}.")],
+                           "attends_to": list(node.attends_to)})
+        digit_phases = phases[phases["answer_digit"] == name]
+        new_nodes = checkpoint_nodes[(checkpoint_nodes["answer_digit"] == name)
+                                     & checkpoint_nodes["became_useful"].astype(bool)]["node"].tolist()
+        digits[name] = {
+            "position": AdditionTask(n).logit_position_for_answer_digit(digit),
+            "accuracy": float(row["accuracy"].iloc[0]) if len(row) else None,
+            "useful_nodes": useful,
+            "roles": roles.get(name, {}),
+            "phase_changes": digit_phases[["start_step", "steepest_step", "end_step", "loss_before", "loss_after",
+                                           "log10_drop"]].to_dict("records"),
+            "nodes_that_became_useful": sorted(set(new_nodes)),
+        }
+    return _clean({
+        "arithlens_version": __version__,
+        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "run": str(run.path),
+        "model": run.config.model.to_dict(),
+        "settings": settings,
+        "accuracy": {"questions": int(overall["questions"]), "accuracy": float(overall["accuracy"]),
+                     "failures": int(overall["failures"]), "nines": float(overall["nines"]),
+                     "by_category": _by_group(random_rows, "category"),
+                     "by_cascade_depth": _by_group(random_rows, "cascade_depth"),
+                     "by_question_set": {r.source: r.accuracy for r in accuracy[
+                         (accuracy["source"] != "random") & (accuracy["group_kind"] == "overall")].itertuples()}},
+        "answer_digits": digits,
+        "cannot_do": tables["failed_cases"]["description"].tolist(),
+        "files": {f"{name}.parquet": list(map(str, frame.columns)) for name, frame in tables.items()},
+        "seconds": seconds,
+    })
+
+
+def _by_group(rows: pd.DataFrame, kind: str) -> dict[str, Any]:
+    part = rows[rows["group_kind"] == kind]
+    return {str(r.group): {"questions": int(r.questions), "accuracy": r.accuracy} for r in part.itertuples()}
+
+
+def load_analysis(run_dir: str | Path) -> dict[str, Any]:
+    """Every table of RUN_DIR/analysis/ by name, plus "summary" (the parsed summary.json)."""
+    folder = resolve_run_path(run_dir) / ANALYSIS_DIR
+    if not folder.is_dir():
+        raise ArithlensError(f"{folder.parent} has no analysis yet; run `arithlens analyze {folder.parent}` first")
+    result: dict[str, Any] = {path.stem: pd.read_parquet(path) for path in sorted(folder.glob("*.parquet"))}
+    summary = folder / SUMMARY_FILE
+    if summary.is_file():
+        try:
+            result["summary"] = json.loads(summary.read_text())
+        except json.JSONDecodeError as error:
+            raise RunFolderError(f"damaged {summary}: {error}; run `arithlens analyze` again") from None
+    return result
