@@ -248,7 +248,9 @@ def test_full_report_has_every_part_and_no_missing_notice(full_report: Path) -> 
                     "Direct logit attribution", "Patching grids", "Head outputs by tri-state", "Phase changes",
                     "Nodes per answer digit and sub-task (confidence in brackets)", "Failures"):
         assert f"<h3>{heading}</h3>" in page
-    assert "<th>nines</th>" in page and "<th>evidence</th>" in page
+    assert "<th>nines</th>" in page
+    # an untrained tiny model earns no algorithm-map claim; then the page must say so instead of a table
+    assert "<th>evidence</th>" in page or "No node has causal evidence for any sub-task yet" in page
     assert full_report.stat().st_size < 20 * 2**20
     assert declared_figures(page) == len(figure_specs(page)) > 22
 

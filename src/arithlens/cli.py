@@ -156,10 +156,22 @@ def _report(path: Path) -> Path:
 
 
 def _print_analysis_summary(summary: dict) -> None:
-    accuracy = summary.get("accuracy")
-    if isinstance(accuracy, dict):
-        parts = ", ".join(f"{k} {v}" for k, v in accuracy.items() if not isinstance(v, (dict, list)))
-        console.print(f"[bold]accuracy[/bold] {parts}")
+    """One screen: accuracy, accuracy by cascade depth, each answer digit's useful nodes, what fails."""
+    accuracy = summary.get("accuracy") or {}
+    if accuracy:
+        console.print(f"[bold]accuracy[/bold] {100 * accuracy['accuracy']:.3f}% of {accuracy['questions']:,} random "
+                      f"questions ({accuracy['failures']:,} failures, {accuracy['nines']:.0f} nines)")
+        depths = accuracy.get("by_cascade_depth", {})
+        parts = [f"depth {d}: {100 * v['accuracy']:.1f}%" for d, v in depths.items()
+                 if v.get("questions") and v.get("accuracy") is not None]
+        if parts:
+            console.print("  by cascade depth  " + ", ".join(parts))
+    for digit, info in (summary.get("answer_digits") or {}).items():
+        nodes = ", ".join(n["node"] for n in info.get("useful_nodes", [])[:6]) or "none found"
+        console.print(f"  {digit} (computed at P{info.get('position')}): useful nodes {nodes}")
+    cannot = summary.get("cannot_do") or []
+    if cannot:
+        console.print("[bold]cannot do[/bold] " + "; ".join(cannot[:3]))
 
 
 @app.command()

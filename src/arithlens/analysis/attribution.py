@@ -38,7 +38,7 @@ import torch
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.model_bridge import TransformerBridge
 
-from arithlens.analysis.accuracy import check_batch
+from arithlens.analysis.accuracy import check_batch, check_chunk_size
 from arithlens.analysis.nodes import node_name
 from arithlens.errors import ArithlensError
 from arithlens.model import model_config_of
@@ -64,11 +64,6 @@ def digit_class_masks(batch: AdditionBatch, digit: int) -> dict[str, torch.Tenso
 def answer_targets(batch: AdditionBatch) -> torch.Tensor:
     """The correct answer tokens [batch, n+1], An .. A0 (the order of the logit positions)."""
     return batch.tokens[:, 2 * batch.n_digits + 2 :]
-
-
-def check_chunk_size(chunk_size: int) -> None:
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ArithlensError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
 
 
 def chunks(batch: AdditionBatch, chunk_size: int) -> Iterator[AdditionBatch]:
