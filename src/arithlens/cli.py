@@ -283,15 +283,18 @@ def models() -> None:
         console.print("no bundled models are installed")
         return
     table = Table(title="bundled models")
-    for column in ("name", "layers", "d_model", "heads", "params", "steps", "final loss", "accuracy"):
-        table.add_column(column)
+    for column in ("name", "layers", "d_model", "heads", "size", "steps", "loss", "accuracy"):
+        table.add_column(column, no_wrap=True)
     for name in names:
         run = load_run(bundled_models_dir() / name)
         card = run.info.get("card", {})
         model_cfg = run.config.model
+        size_mib = (run.path / "model.safetensors").stat().st_size / 2**20
+        accuracy = card.get("accuracy")
         table.add_row(name, str(model_cfg.n_layers), str(model_cfg.d_model), str(model_cfg.n_heads),
-                      f"{card.get('params', 0):,}", str(run.info.get("steps_done", "")),
-                      f"{card.get('final_loss', float('nan')):.3g}", str(card.get("accuracy", "")))
+                      f"{size_mib:.1f} MiB", f"{run.info.get('steps_done', 0):,}",
+                      f"{card.get('final_loss', float('nan')):.3g}",
+                      f"{100 * accuracy:.2f}% of {card.get('accuracy_questions', 0):,}" if accuracy is not None else "")
     console.print(table)
 
 
