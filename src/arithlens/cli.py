@@ -270,7 +270,7 @@ def evaluate(
     for row in accuracy_table(result).itertuples():
         table.add_row(f"{row.group_kind}: {row.group}", f"{row.questions:,}", f"{row.correct:,}",
                       f"{100 * row.accuracy:.4f}%", f"{row.failures:,}", f"{row.nines:.2f}")
-    console.print(table)
+    Console(width=max(console.width, 110)).print(table)
 
 
 @app.command()
@@ -295,7 +295,8 @@ def models() -> None:
                       f"{size_mib:.1f} MiB", f"{run.info.get('steps_done', 0):,}",
                       f"{card.get('final_loss', float('nan')):.3g}",
                       f"{100 * accuracy:.2f}% of {card.get('accuracy_questions', 0):,}" if accuracy is not None else "")
-    console.print(table)
+    # Wide enough that names are never cut short, also when piped (rich assumes 80 columns then).
+    Console(width=max(console.width, 110)).print(table)
 
 
 def main() -> None:
