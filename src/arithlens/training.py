@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from arithlens.config import RunConfig
 from arithlens.errors import RunFolderError
 from arithlens.metrics import metric_names, metrics_frame, step_metrics, token_losses
-from arithlens.model import AnswerForward, TransformerBridge, build_model, resolve_device
+from arithlens.model import AnswerForward, build_model, resolve_device
 from arithlens.runs import (
     CHECKPOINT_DIR,
     METRICS_FILE,
@@ -261,8 +261,3 @@ def resume(
     trainer.restore()
     trainer.fit(progress=progress, on_step=on_step)
     return load_run(run.path)
-
-
-def trained_model(run: Run) -> TransformerBridge:
-    """The run's final model."""
-    return run.model()
