@@ -138,3 +138,13 @@ def test_killed_training_resumes_to_identical_weights(tmp_path: Path) -> None:
     b = load_run(killed_dir).model().state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert load_run(killed_dir).metrics.equals(load_run(tmp_path / "straight").metrics)
+
+
+def test_eval_on_a_built_question_set(trained_run: Path) -> None:
+    done = arithlens("eval", "--model", str(trained_run), "--set", "cascade_depth_1", "--count", "300", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "300 cascade_depth_1 questions" in " ".join(done.stdout.split())  # the title may wrap
+    # every question of the set has cascade depth 1, so that is the only depth row
+    depth_rows = [line for line in done.stdout.splitlines() if "cascade_depth:" in line]
+    assert len(depth_rows) == 1 and "cascade_depth: 1" in depth_rows[0], depth_rows
+    assert_user_error(arithlens("eval", "--model", str(trained_run), "--set", "cascade_depth_9"), "unknown question set")

@@ -149,10 +149,10 @@ def _analyze(path: Path, count: int, progress: bool) -> dict:
     return json.loads(summary_path.read_text()) if summary_path.is_file() else {}
 
 
-def _report(path: Path) -> Path:
+def _report(path: Path, out: Path | None = None) -> Path:
     from arithlens.report import build_report
 
-    return build_report(path)
+    return build_report(path, out)
 
 
 def _print_analysis_summary(summary: dict) -> None:
@@ -193,12 +193,19 @@ def analyze(
 @app.command()
 def report(
     run_dir: Annotated[str, typer.Argument(help="A run folder or bundled model name.")],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Write the page here (default RUN_DIR/report.html; NAME-report.html here for a bundled model).",
+    )] = None,
 ) -> None:
     """(Re)build RUN_DIR/report.html, an offline page with every figure."""
-    from arithlens.runs import load_run
+    from arithlens.runs import bundled_models_dir, load_run
 
     path = load_run(run_dir).path
-    console.print(f"report written to {_report(path)}")
+    if out is None and path.resolve().parent == bundled_models_dir().resolve():
+        out = Path(f"{path.name}-report.html")  # the installed package keeps its shipped report untouched
+    if out is not None and not out.parent.is_dir():
+        raise ArithlensError(f"cannot write {out}: folder {out.parent} does not exist")
+    console.print(f"report written to {_report(path, out)}")
 
 
 @app.command()
@@ -253,18 +260,28 @@ def predict(
 @app.command("eval")
 def evaluate(
     model: ModelOpt = "add_d5_l1",
-    count: Annotated[int, typer.Option("--count", help="Random questions to test.")] = 100_000,
+    count: Annotated[int, typer.Option("--count", help="Questions to test.")] = 100_000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test questions.")] = 12345,
+    question_set: Annotated[str, typer.Option(
+        "--set", help="Question set: random, or a built set such as cascade_depth_3, use_sum9, published_hard.",
+    )] = "random",
     no_progress: NoProgress = False,
 ) -> None:
     """Accuracy overall, by category, by cascade depth and by answer digit, in nines."""
-    from arithlens.analysis.accuracy import accuracy_table, random_accuracy
+    from arithlens.analysis.accuracy import accuracy_table, evaluate as evaluate_batch, random_accuracy
+    from arithlens.analysis.question_sets import make_question_set
     from arithlens.runs import load_model
+    from arithlens.task import AdditionTask
 
     if count < 1:
         raise ArithlensError(f"--count must be at least 1, got {count}")
-    result = random_accuracy(load_model(model), count, seed=seed, progress=not no_progress)
-    table = Table(title=f"accuracy of {model} on {count:,} random questions (seed {seed})")
+    loaded = load_model(model)
+    if question_set == "random":
+        result = random_accuracy(loaded, count, seed=seed, progress=not no_progress)
+    else:
+        questions = make_question_set(AdditionTask(loaded.arithlens_config.n_digits), question_set, count, seed)
+        result = evaluate_batch(loaded, questions.batch, progress=not no_progress)
+    table = Table(title=f"accuracy of {model} on {count:,} {question_set} questions (seed {seed})")
     for column in ("group", "questions", "correct", "accuracy", "failures", "nines"):
         table.add_column(column, justify="left" if column == "group" else "right")
     for row in accuracy_table(result).itertuples():
