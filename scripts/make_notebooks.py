@@ -612,14 +612,41 @@ WALKTHROUGH: list[Cell] = [
     display(failed_cases(accuracies))
     """, "interpretation"),
     md("""
+    The bundled models make the contrast: `add_d5_l2` has a second layer, which can read a carry that the
+    first layer computed, and it was trained on Sum9-enriched questions. Here are the same cascade sets
+    for this model and every other bundled model for this many digits.
+    """),
+    code("""
+    this_model = MODEL or (bundled if USE_BUNDLED and bundled in bundled_model_names() else "this run")
+    contenders = {f"{this_model} (this notebook)": model}
+    for name in bundled_model_names():
+        if name.startswith(f"add_d{n}_") and name != this_model:
+            contenders[name] = load_run(name).model(DEVICE)
+    cascade_sets = [make_question_set(task, f"cascade_depth_{depth}", QUESTIONS, seed=0) for depth in range(1, n)]
+    side_by_side = pd.DataFrame([
+        {"model": label, "cascade_depth": depth, "accuracy": evaluate(candidate, depth_set.batch).accuracy}
+        for label, candidate in contenders.items()
+        for depth, depth_set in enumerate(cascade_sets, start=1)
+    ])
+    px.bar(side_by_side, x="cascade_depth", y="accuracy", color="model", barmode="group", range_y=[0, 1.05],
+           labels={"cascade_depth": "cascade depth"}, title="Accuracy on UseSum9 cascades, model by model")
+    """, "figure"),
+    code("""
+    for label, rows in side_by_side.groupby("model", sort=False):
+        shown = ", ".join(f"{pct(row.accuracy)} at depth {row.cascade_depth}" for row in rows.itertuples())
+        print(f"{label}: {shown}.")
+    """, "interpretation"),
+    md("""
     ## Where next
 
     * `arithlens run` does all of this from the command line and writes an offline `report.html`;
       from Python, `arithlens.analysis.analyze_run(run.path)` writes every table above into the run
       folder and `arithlens.report.build_report(run.path)` the page.
     * `notebooks/your_own_experiment.ipynb` is a short notebook for your own ablations and patches by hook name.
-    * Train a 2-layer model (`N_LAYERS = 2`, and more steps) to see cascades solved: the published
-      2-layer model answered a million questions with no error.
+    * Set `N_LAYERS = 2` to retell the story with the bundled 2-layer model `add_d5_l2`, which gets
+      cascades right (the published 2-layer model answered a million questions with no error), or set
+      `USE_BUNDLED = False` as well to train one yourself (it needs many more steps and Sum9-enriched
+      data; the README gives the command `add_d5_l2` was trained with).
     """),
 ]
 
