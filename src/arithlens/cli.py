@@ -285,6 +285,8 @@ def evaluate(
     for column in ("group", "questions", "correct", "accuracy", "failures", "nines"):
         table.add_column(column, justify="left" if column == "group" else "right")
     for row in accuracy_table(result).itertuples():
+        if row.questions == 0:  # e.g. cascade depths a built set never has
+            continue
         table.add_row(f"{row.group_kind}: {row.group}", f"{row.questions:,}", f"{row.correct:,}",
                       f"{100 * row.accuracy:.4f}%", f"{row.failures:,}", f"{row.nines:.2f}")
     Console(width=max(console.width, 110)).print(table)
