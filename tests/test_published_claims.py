@@ -81,9 +81,15 @@ def test_bundled_model_loads_by_name_on_every_command() -> None:
     from test_cli import arithlens
 
     listed = arithlens("models")
-    assert listed.returncode == 0 and "add_d5_l1" in listed.stdout
-    answered = arithlens("predict", "--model", "add_d5_l1", "12345+67890=")
-    assert answered.returncode == 0 and answered.stdout.strip() == "12345+67890=080235"
+    assert listed.returncode == 0
+    for name in bundled_model_names():
+        assert name in listed.stdout
+        answered = arithlens("predict", "--model", name, "12345+67890=", "44445+55555=")
+        assert answered.returncode == 0, answered.stderr
+        plain, cascade = answered.stdout.split()
+        assert plain == "12345+67890=080235", name
+        if name == "add_d5_l2":  # the depth-4 cascade the 1-layer model gets wrong (it answers 099900)
+            assert cascade == "44445+55555=100000"
 
 
 @pytest.mark.slow
@@ -101,3 +107,5 @@ def test_report_of_a_bundled_model_is_written_where_the_user_is(name: str, tmp_p
     assert len(page) > 1_000_000 and page.count('<div class="figure"') > 20
     assert "This report is partial" not in page
     assert shipped.stat().st_mtime_ns == before  # the shipped report is left as it was
+    nowhere = arithlens("report", name, "--out", str(tmp_path / "missing" / "r.html"))
+    assert nowhere.returncode == 2 and nowhere.stderr.startswith("error: cannot write"), nowhere.stderr
