@@ -270,6 +270,7 @@ def evaluate(
     """Accuracy overall, by category, by cascade depth and by answer digit, in nines."""
     from arithlens.analysis.accuracy import accuracy_table, evaluate as evaluate_batch, random_accuracy
     from arithlens.analysis.question_sets import make_question_set
+    from arithlens.model import model_config_of
     from arithlens.runs import load_model
     from arithlens.task import AdditionTask
 
@@ -279,7 +280,7 @@ def evaluate(
     if question_set == "random":
         result = random_accuracy(loaded, count, seed=seed, progress=not no_progress)
     else:
-        questions = make_question_set(AdditionTask(loaded.arithlens_config.n_digits), question_set, count, seed)
+        questions = make_question_set(AdditionTask(model_config_of(loaded).n_digits), question_set, count, seed)
         result = evaluate_batch(loaded, questions.batch, progress=not no_progress)
     table = Table(title=f"accuracy of {model} on {count:,} {question_set} questions (seed {seed})")
     for column in ("group", "questions", "correct", "accuracy", "failures", "nines"):
