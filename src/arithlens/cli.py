@@ -14,13 +14,17 @@ A user mistake prints one line on stderr and exits with code 2, never a tracebac
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -39,26 +43,84 @@ console = Console()
 err_console = Console(stderr=True)
 
 Digits = Annotated[int, typer.Option("--digits", help="Digits per operand.")]
-Layers = Annotated[int, typer.Option("--layers", help="Transformer layers.")]
-Heads = Annotated[int, typer.Option("--heads", help="Attention heads per layer.")]
-DModel = Annotated[int, typer.Option("--d-model", help="Residual stream width.")]
-DMlp = Annotated[int, typer.Option("--d-mlp", help="MLP hidden width.")]
-Norm = Annotated[Optional[str], typer.Option("--norm", help="LayerNorm kind: LN, RMS, LNPre, RMSPre (default none).")]
-Act = Annotated[str, typer.Option("--act", help="Activation: relu, gelu, gelu_new, silu.")]
-Steps = Annotated[int, typer.Option("--steps", help="Training steps (batches).")]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Questions per batch.")]
-Lr = Annotated[float, typer.Option("--lr", help="AdamW learning rate.")]
-WeightDecay = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for the weights and the data.")]
-Finite = Annotated[Optional[int], typer.Option("--finite", help="Train on a fixed set of N questions (the seed's finite mode).")]
-Enrich = Annotated[float, typer.Option("--enrich", help="Share of questions with Sum9-enriched digit pairs (0 = uniform).")]
-CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", help="Steps between checkpoints.")]
-Device = Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")]
+Enrich = Annotated[Optional[float], typer.Option(
+    "--enrich", help="Share of questions with Sum9-enriched digit pairs (0 = uniform).")]
 Out = Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/run-<time>).")]
-Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")]
-Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder.")]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
 ModelOpt = Annotated[str, typer.Option("--model", help="A run folder or a bundled model name (see `arithlens models`).")]
+
+
+def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+# The options `train` and `run` share, declared once. A default of None means "not given":
+# the recipe's value (or the seed's) is used, and an explicit flag overrides the recipe.
+TRAINING_OPTIONS: tuple[inspect.Parameter, ...] = (
+    _option("digits", Digits, 5),
+    _option("layers", Annotated[int, typer.Option("--layers", help="Transformer layers.")], 1),
+    _option("heads", Annotated[int, typer.Option("--heads", help="Attention heads per layer.")], 4),
+    _option("d_model", Annotated[int, typer.Option("--d-model", help="Residual stream width.")], 512),
+    _option("d_mlp", Annotated[int, typer.Option("--d-mlp", help="MLP hidden width.")], 2048),
+    _option("norm", Annotated[Optional[str], typer.Option(
+        "--norm", help="LayerNorm kind: LN, RMS, LNPre, RMSPre (default none).")], None),
+    _option("act", Annotated[str, typer.Option("--act", help="Activation: relu, gelu, gelu_new, silu.")], "relu"),
+    _option("recipe", Annotated[str, typer.Option(
+        "--recipe", help="Training recipe: seed (the seed notebook's, default) or fast (see README).")], "seed"),
+    _option("steps", Annotated[int, typer.Option("--steps", help="Training steps (batches).")], 3000),
+    _option("batch_size", Annotated[Optional[int], typer.Option(
+        "--batch-size", help="Questions per batch (recipe sets it).")], None),
+    _option("lr", Annotated[Optional[float], typer.Option("--lr", help="Peak AdamW learning rate (recipe sets it).")], None),
+    _option("schedule", Annotated[Optional[str], typer.Option(
+        "--schedule", help="lr after warm-up: constant, linear or cosine decay to --min-lr (recipe sets it).")], None),
+    _option("warmup_steps", Annotated[Optional[str], typer.Option(
+        "--warmup-steps", help="Warm-up steps, or a share of the steps such as 0.05 or 5% (recipe sets it).")], None),
+    _option("warmup_start", Annotated[Optional[float], typer.Option(
+        "--warmup-start", help="lr multiple the warm-up starts from (recipe sets it).")], None),
+    _option("min_lr", Annotated[Optional[float], typer.Option(
+        "--min-lr", help="Floor lr the decay ends at (recipe sets it).")], None),
+    _option("grad_clip", Annotated[Optional[float], typer.Option(
+        "--grad-clip", help="Clip the gradient norm to this (0 = off) (recipe sets it).")], None),
+    _option("betas", Annotated[Optional[str], typer.Option(
+        "--betas", help="AdamW betas as B1,B2 (recipe sets it).")], None),
+    _option("weight_decay", Annotated[Optional[float], typer.Option(
+        "--weight-decay", help="AdamW weight decay (recipe sets it).")], None),
+    _option("seed", Seed, 129000),
+    _option("finite", Annotated[Optional[int], typer.Option(
+        "--finite", help="Train on a fixed set of N questions (the seed's finite mode).")], None),
+    _option("enrich", Enrich, None),
+    _option("checkpoint_every", Annotated[int, typer.Option(
+        "--checkpoint-every", help="Steps between checkpoints.")], 500),
+    _option("eval_every", Annotated[int, typer.Option(
+        "--eval-every", help="Score a fixed held-out set every K steps (0 = off).")], 0),
+    _option("eval_count", Annotated[int, typer.Option(
+        "--eval-count", help="Questions in the held-out set.")], 10_000),
+    _option("until_accuracy", Annotated[Optional[float], typer.Option(
+        "--until-accuracy", help="Stop at the first held-out evaluation with at least this accuracy (0-1].")], None),
+    _option("device", Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")], "cpu"),
+    _option("out", Out, None),
+    _option("force", Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")], False),
+    _option("resume", Annotated[Optional[Path], typer.Option(
+        "--resume", help="Continue the run in this folder (its config is kept; only --steps may change).")], None),
+    _option("no_progress", NoProgress, False),
+)
+
+
+def training_command(func: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the shared training options: `func(options, **own)` gets them as one dict."""
+    names = [p.name for p in TRAINING_OPTIONS]
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+           for p in list(inspect.signature(func, eval_str=True).parameters.values())[1:]]
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> None:
+        func({name: kwargs.pop(name) for name in names}, **kwargs)
+
+    command.__signature__ = inspect.Signature([*TRAINING_OPTIONS, *own])  # type: ignore[attr-defined]
+    command.__annotations__ = {}
+    del command.__wrapped__  # typer must read the signature above, not func's
+    return command
 
 
 def _command_line() -> str:
@@ -69,25 +131,67 @@ def _default_out() -> Path:
     return Path("runs") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
 
 
-def _run_config(digits: int, layers: int, heads: int, d_model: int, d_mlp: int, norm: str | None, act: str,
-                steps: int, batch_size: int, lr: float, weight_decay: float, seed: int, finite: int | None,
-                enrich: float, checkpoint_every: int, device: str) -> RunConfig:
+def _warmup(text: str | None) -> dict[str, Any]:
+    """--warmup-steps as steps ("100") or as a share of the steps ("0.05", "5%")."""
+    if text is None:
+        return {}
+    value = text.strip()
+    try:
+        if value.endswith("%"):
+            return {"warmup_fraction": float(value[:-1]) / 100}
+        if value.isdigit():
+            return {"warmup_steps": int(value)}
+        share = float(value)
+    except ValueError:
+        share = -1.0
+    if not 0 <= share < 1:
+        raise ArithlensError(f"--warmup-steps must be a whole number of steps or a share such as 0.05 or 5%, "
+                             f"got {text!r}")
+    return {"warmup_fraction": share}
+
+
+def _betas(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        first, second = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ArithlensError(f"--betas must be two numbers such as 0.9,0.98, got {text!r}") from None
+    return first, second
+
+
+def _run_config(options: dict[str, Any]) -> RunConfig:
+    """The resolved config: the recipe's values, overridden by every flag given."""
+    grad_clip = options["grad_clip"]
+    train = TrainConfig.from_recipe(
+        options["recipe"], steps=options["steps"], batch_size=options["batch_size"], lr=options["lr"],
+        schedule=options["schedule"], warmup_start=options["warmup_start"], min_lr=options["min_lr"],
+        weight_decay=options["weight_decay"], betas=_betas(options["betas"]), seed=options["seed"],
+        finite=options["finite"], enrich_fraction=options["enrich"], checkpoint_every=options["checkpoint_every"],
+        device=options["device"], eval_every=options["eval_every"], eval_count=options["eval_count"],
+        until_accuracy=options["until_accuracy"], **_warmup(options["warmup_steps"]),
+    )
+    if grad_clip is not None:  # 0 turns a recipe's clipping off
+        train = replace(train, grad_clip=grad_clip or None)
     return RunConfig(
-        model=ModelConfig(n_digits=digits, n_layers=layers, n_heads=heads, d_model=d_model, d_mlp=d_mlp,
-                          normalization=norm, act_fn=act, seed=seed),
-        train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
-                          finite=finite, enrich_fraction=enrich, checkpoint_every=checkpoint_every, device=device),
+        model=ModelConfig(n_digits=options["digits"], n_layers=options["layers"], n_heads=options["heads"],
+                          d_model=options["d_model"], d_mlp=options["d_mlp"], normalization=options["norm"],
+                          act_fn=options["act"], seed=options["seed"]),
+        train=train,
     )
 
 
-def _train_or_resume(config: RunConfig, out: Path | None, force: bool, resume_dir: Path | None,
-                     steps_given: bool, progress: bool) -> Path:
+def _train_or_resume(options: dict[str, Any]) -> Path:
+    """Validate every flag first (nothing on disk is touched by a bad one), then train or resume."""
     from arithlens.training import resume, train
 
-    if resume_dir is not None:
-        run = resume(resume_dir, steps=config.train.steps if steps_given else None, progress=progress)
+    config = _run_config(options)
+    progress = not options["no_progress"]
+    if options["resume"] is not None:
+        run = resume(options["resume"], steps=config.train.steps if _steps_given() else None, progress=progress)
     else:
-        run = train(config, out or _default_out(), force=force, progress=progress, command=_command_line())
+        run = train(config, options["out"] or _default_out(), force=options["force"], progress=progress,
+                    command=_command_line())
     return run.path
 
 
@@ -103,39 +207,32 @@ def _print_training_summary(run_path: Path) -> None:
     console.print(f"[bold]trained[/bold] {int(last['step']) + 1} steps in {run.info.get('seconds', 0):.0f} s, "
                   f"final loss {last['loss']:.4g} (mean of last 100 steps: "
                   f"{run.metrics['loss'].tail(100).mean():.4g}); run folder: {run.path}")
+    if "heldout_accuracy" in run.info:
+        console.print(f"  held-out accuracy {100 * run.info['heldout_accuracy']:.3f}% at step {run.info['heldout_step']}"
+                      f" ({run.config.train.eval_count:,} questions)")
+    if run.info.get("stop_reason") == "until_accuracy":
+        console.print(f"  stopped at step {run.info['stopped_at_step']}: held-out accuracy reached "
+                      f"{run.config.train.until_accuracy}")
 
 
 @app.command()
-def train(
-    digits: Digits = 5, layers: Layers = 1, heads: Heads = 4, d_model: DModel = 512, d_mlp: DMlp = 2048,
-    norm: Norm = None, act: Act = "relu", steps: Steps = 3000, batch_size: BatchSize = 64, lr: Lr = 1e-4,
-    weight_decay: WeightDecay = 0.1, seed: Seed = 129000, finite: Finite = None, enrich: Enrich = 0.0,
-    checkpoint_every: CheckpointEvery = 500, device: Device = "cpu", out: Out = None, force: Force = False,
-    resume: Resume = None, no_progress: NoProgress = False,
-) -> None:
+@training_command
+def train(options: dict[str, Any]) -> None:
     """Train a model into a run folder (config.json, model.safetensors, metrics.parquet, checkpoints/)."""
-    config = _run_config(digits, layers, heads, d_model, d_mlp, norm, act, steps, batch_size, lr, weight_decay, seed,
-                         finite, enrich, checkpoint_every, device)
-    path = _train_or_resume(config, out, force, resume, _steps_given(), not no_progress)
-    _print_training_summary(path)
+    _print_training_summary(_train_or_resume(options))
 
 
 @app.command()
+@training_command
 def run(
-    digits: Digits = 5, layers: Layers = 1, heads: Heads = 4, d_model: DModel = 512, d_mlp: DMlp = 2048,
-    norm: Norm = None, act: Act = "relu", steps: Steps = 3000, batch_size: BatchSize = 64, lr: Lr = 1e-4,
-    weight_decay: WeightDecay = 0.1, seed: Seed = 129000, finite: Finite = None, enrich: Enrich = 0.0,
-    checkpoint_every: CheckpointEvery = 500, device: Device = "cpu", out: Out = None, force: Force = False,
-    resume: Resume = None, no_progress: NoProgress = False,
+    options: dict[str, Any],
     count: Annotated[int, typer.Option("--count", help="Questions per analysis.")] = 10_000,
 ) -> None:
     """The main job: train, analyse every experiment, and write report.html."""
     started = time.perf_counter()
-    config = _run_config(digits, layers, heads, d_model, d_mlp, norm, act, steps, batch_size, lr, weight_decay, seed,
-                         finite, enrich, checkpoint_every, device)
-    path = _train_or_resume(config, out, force, resume, _steps_given(), not no_progress)
+    path = _train_or_resume(options)
     _print_training_summary(path)
-    summary = _analyze(path, count, not no_progress)
+    summary = _analyze(path, count, not options["no_progress"])
     report_path = _report(path)
     _print_analysis_summary(summary)
     console.print(f"[bold]report[/bold] {report_path}  (whole job {time.perf_counter() - started:.0f} s)")

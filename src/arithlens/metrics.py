@@ -17,6 +17,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from arithlens.heldout import heldout_metric_names
 from arithlens.task import AdditionBatch
 
 PER_DIGIT_SUBTASKS = ("base_add", "use_carry1", "use_sum9")
@@ -28,8 +29,12 @@ def answer_token_names(n_digits: int) -> list[str]:
     return [f"A{d}" for d in range(n_digits, -1, -1)]
 
 
-def metric_names(n_digits: int, finite: bool) -> list[str]:
-    """Column names of the metrics table, in the order `step_metrics` fills them."""
+def metric_names(n_digits: int, finite: bool, heldout: bool = False) -> list[str]:
+    """Column names of the metrics table, in the order `step_metrics` fills them.
+
+    With `heldout`, the held-out evaluation's columns (`arithlens.heldout`) follow;
+    they are NaN on steps with no evaluation.
+    """
     tokens = answer_token_names(n_digits)
     names = ["lr", "loss", *[f"loss_{t}" for t in tokens]]
     for subtask in PER_DIGIT_SUBTASKS:
@@ -39,6 +44,8 @@ def metric_names(n_digits: int, finite: bool) -> list[str]:
         names += [f"{aggregate}_loss", f"{aggregate}_count"]
     if finite:
         names += ["test_loss", *[f"test_loss_{t}" for t in tokens]]
+    if heldout:
+        names += heldout_metric_names(n_digits)
     return names
 
 
@@ -110,9 +117,10 @@ def step_metrics(
         return torch.cat(parts)
 
 
-def metrics_frame(history: torch.Tensor, first_step: int, n_digits: int, finite: bool) -> pd.DataFrame:
+def metrics_frame(history: torch.Tensor, first_step: int, n_digits: int, finite: bool,
+                  heldout: bool = False) -> pd.DataFrame:
     """The metrics table: one row per step, counts as integers."""
-    frame = pd.DataFrame(history.cpu().numpy(), columns=metric_names(n_digits, finite))
+    frame = pd.DataFrame(history.cpu().numpy(), columns=metric_names(n_digits, finite, heldout))
     frame.insert(0, "step", range(first_step, first_step + len(frame)))
     for column in frame.columns:
         if "_count" in column:

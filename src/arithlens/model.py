@@ -173,7 +173,10 @@ class AnswerForward:
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits [batch, n+1, d_vocab] predicting An .. A0."""
         tokens = tokens[:, : self.kv_len]
-        resid = self.params["embed.weight"][tokens] + self.params["pos_embed.weight"][: self.kv_len]
+        # A one-hot matmul, not `W_E[tokens]`: indexing's backward accumulates rows in a
+        # thread-dependent order, so two same-seed runs on 2+ threads drifted apart by ~1e-5.
+        one_hot = F.one_hot(tokens, self.config.d_vocab).to(self.params["embed.weight"].dtype)  # [batch, kv_len, vocab]
+        resid = one_hot @ self.params["embed.weight"] + self.params["pos_embed.weight"][: self.kv_len]
         last = self.config.n_layers - 1
         for layer in range(self.config.n_layers):
             resid = self._block(resid, layer, answer_only=layer == last)

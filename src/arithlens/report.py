@@ -153,6 +153,9 @@ def _training_section(metrics: pd.DataFrame, phases: pd.DataFrame | None, notice
     )
     if finite:
         intro += " Finite mode: sub-task curves are measured on each step's fresh test batch, as in the seed."
+    if training_plots.has_heldout(metrics):
+        intro += (" The first graph is accuracy on a fixed held-out set of random questions (drawn from its own "
+                  "seed, never trained on), measured every --eval-every steps.")
     if phases is not None and len(phases):
         intro += " Shaded bands on the loss curves mark the phase changes found per answer digit."
     section = Section("training", "Training", intro)

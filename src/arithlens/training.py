@@ -1,9 +1,15 @@
 """Training: the seed's loop, faster, recorded per step, checkpointed and resumable.
 
-The step is the seed's: AdamW, warm-up min(step/10, 1), float64 per-token
-cross-entropy over the n+1 answer tokens, a fresh batch each step (or the
-seed's finite mode: a fixed training set plus a fresh test batch each step).
-It runs through `AnswerForward`, which skips the work the loss cannot see.
+The step is the seed's: AdamW, float64 per-token cross-entropy over the n+1
+answer tokens, a fresh batch each step (or the seed's finite mode: a fixed
+training set plus a fresh test batch each step). The lr follows the config's
+schedule (the seed's: warm-up min(step/10, 1), then constant), with optional
+gradient clipping. It runs through `AnswerForward`, which skips the work the
+loss cannot see.
+
+With `eval_every`, a fixed held-out set is scored during training
+(`arithlens.heldout`), and `until_accuracy` stops the run at the first
+evaluation that reaches it; config.json then records why and when it stopped.
 
 Resuming is bit-exact: the train state holds weights, AdamW moments, the
 scheduler and both data RNG states, and the metrics history.
@@ -27,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from arithlens.config import RunConfig
 from arithlens.errors import RunFolderError
+from arithlens.heldout import heldout_accuracy, heldout_batch, heldout_metric_names
 from arithlens.metrics import metric_names, metrics_frame, step_metrics, token_losses
 from arithlens.model import AnswerForward, build_model, resolve_device
 from arithlens.runs import (
@@ -105,8 +112,13 @@ class Trainer:
         self.fixed_train: AdditionBatch | None = None
         if train.finite is not None:
             self.fixed_train = self._generate(train.finite, self.data_rng)
-        self.n_metrics = len(metric_names(config.model.n_digits, train.finite is not None))
+        self.heldout = heldout_batch(self.task, train.eval_count, train.eval_seed).to(self.device) \
+            if train.eval_every else None
+        finite = train.finite is not None
+        self.n_step_metrics = len(metric_names(config.model.n_digits, finite))
+        self.n_metrics = len(metric_names(config.model.n_digits, finite, heldout=self.heldout is not None))
         self.history = torch.zeros(train.steps, self.n_metrics, dtype=torch.float64, device=self.device)
+        self.history[:, self.n_step_metrics :] = float("nan")  # held-out columns: NaN where nothing was measured
         self.step = 0
 
     # ----- data and loss ------------------------------------------------
@@ -133,15 +145,31 @@ class Trainer:
                 test_losses = self._losses(test_batch)
             subtask_losses, subtask_batch = test_losses, test_batch
         losses.mean().backward()  # mean over batch, then over answer tokens, as the seed
+        if self.config.train.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.history[self.step] = step_metrics(lr, losses.detach(), subtask_losses, subtask_batch, test_losses)
+        self.history[self.step, : self.n_step_metrics] = step_metrics(
+            lr, losses.detach(), subtask_losses, subtask_batch, test_losses)
         self.step += 1
+
+    def evaluate_heldout(self) -> float:
+        """Score the held-out set at the current step into its metrics row; returns the overall accuracy."""
+        if self.heldout is None:
+            raise RunFolderError("this run has no held-out set: train with eval_every > 0")
+        scores = heldout_accuracy(self.forward, self.heldout)
+        self.history[self.step - 1, self.n_step_metrics :] = scores
+        return float(scores[0])
+
+    def heldout_due(self) -> bool:
+        every = self.config.train.eval_every
+        return self.heldout is not None and (self.step % every == 0 or self.step == self.config.train.steps)
 
     # ----- persistence --------------------------------------------------
     def _write_metrics(self) -> None:
-        frame = metrics_frame(self.history[: self.step], 0, self.task.n_digits, self.config.train.finite is not None)
+        frame = metrics_frame(self.history[: self.step], 0, self.task.n_digits, self.config.train.finite is not None,
+                              heldout=self.heldout is not None)
         tmp = self.out_dir / f".{METRICS_FILE}.tmp"
         frame.to_parquet(tmp, index=False)
         tmp.replace(self.out_dir / METRICS_FILE)
@@ -202,15 +230,26 @@ class Trainer:
         loss_column = TextColumn("loss {task.fields[loss]}")
         columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), loss_column,
                    TimeElapsedColumn(), TimeRemainingColumn())
+        if self.heldout is not None:
+            columns = (*columns[:4], TextColumn("held-out {task.fields[heldout]}"), *columns[4:])
         self.info["status"] = "interrupted"  # until the last step is saved
+        self.info.pop("stop_reason", None)
+        self.info.pop("stopped_at_step", None)
+        reached = False
         with Progress(*columns, disable=not progress, transient=False) as bar, _deferred_interrupts() as stop:
-            task_id = bar.add_task("train", total=train.steps, completed=self.step, loss="...")
-            while self.step < train.steps:
+            task_id = bar.add_task("train", total=train.steps, completed=self.step, loss="...", heldout="...")
+            while self.step < train.steps and not reached:
                 self.train_step()
-                if self.step % LOG_EVERY == 0 or self.step == train.steps:
+                if self.heldout_due():
+                    accuracy = self.evaluate_heldout()
+                    self.info["heldout_accuracy"] = accuracy
+                    self.info["heldout_step"] = self.step
+                    bar.update(task_id, heldout=f"{100 * accuracy:.2f}%")
+                    reached = train.until_accuracy is not None and accuracy >= train.until_accuracy
+                if self.step % LOG_EVERY == 0 or self.step == train.steps or reached:
                     loss = float(self.history[self.step - 1, 1])
                     bar.update(task_id, completed=self.step, loss=f"{loss:.4g}")
-                if self.step % train.checkpoint_every == 0 and self.step < train.steps:
+                if self.step % train.checkpoint_every == 0 and self.step < train.steps and not reached:
                     self.save(snapshot=True)
                 if on_step is not None:
                     on_step(self.step)
@@ -218,7 +257,8 @@ class Trainer:
                     self.info["seconds"] = round(self.info.get("seconds", 0.0) + time.perf_counter() - started, 2)
                     self.save(snapshot=False)  # nothing is lost: --resume continues from this exact step
                     raise KeyboardInterrupt
-        self.info.update(status="complete", finished=_now())
+        self.info.update(status="complete", finished=_now(), stopped_at_step=self.step,
+                         stop_reason="until_accuracy" if reached else "steps")
         self.info["seconds"] = round(self.info.get("seconds", 0.0) + time.perf_counter() - started, 2)
         self.save(snapshot=True)
 

@@ -258,11 +258,47 @@ def add_phase_bands(fig: go.Figure, phases: pd.DataFrame | None) -> go.Figure:
     return fig
 
 
+def has_heldout(metrics: pd.DataFrame) -> bool:
+    """Runs trained with --eval-every carry held-out accuracy columns."""
+    return "heldout_accuracy" in metrics.columns and bool(metrics["heldout_accuracy"].notna().any())
+
+
+def heldout_accuracy_curves(metrics: pd.DataFrame) -> go.Figure:
+    """Held-out accuracy at each evaluation: overall, per answer digit and per cascade depth.
+
+    The y axis is the error rate (1 - accuracy) on a log scale, where 99% and 99.99%
+    are as far apart as 90% and 99%; hover shows the accuracy itself.
+    """
+    n = infer_n_digits(metrics)
+    evaluated = metrics[metrics["heldout_accuracy"].notna()]
+    fig = go.Figure()
+    series = [("all questions", "heldout_accuracy", dict(width=3, color="black"))]
+    series += [(f"A{d}", f"heldout_acc_A{d}", dict(color=DEFAULT_COLOURS[(n - d) % len(DEFAULT_COLOURS)]))
+               for d in range(n, -1, -1)]
+    series += [(f"cascade depth {k}", f"heldout_acc_depth{k}", dict(dash="dot")) for k in range(n)
+               if evaluated[f"heldout_acc_depth{k}"].notna().any()]
+    for name, column, line in series:
+        accuracy = evaluated[column].to_numpy(dtype="float64")
+        error = np.where(accuracy < 1, 1 - accuracy, np.nan)  # no error: nothing to draw on a log axis
+        fig.add_trace(go.Scatter(
+            x=(evaluated["step"] + 1).to_numpy(), y=error, name=name, mode="lines+markers", line=line,
+            customdata=100 * accuracy, hovertemplate="step %{x}: %{customdata:.3f}%<extra>" + name + "</extra>",
+            visible=True if column == "heldout_accuracy" or "_A" in column else "legendonly",
+        ))
+    fig.update_layout(title=f"Held-out accuracy during training ({n} digit addition; error rate, log scale)",
+                      xaxis_title="Step", yaxis_title="Error rate (1 - accuracy)", yaxis_type="log",
+                      hovermode="x unified", legend_title_text="")
+    return fig
+
+
 def training_figures(metrics: pd.DataFrame, phases: pd.DataFrame | None = None) -> list[tuple[str, go.Figure]]:
-    """Every seed loss graph for a metrics table, as (group heading, figure) pairs in seed order."""
+    """Every seed loss graph for a metrics table, as (group heading, figure) pairs in seed order,
+    after the held-out accuracy curve when the run measured one."""
     n = infer_n_digits(metrics)
     finite = is_finite_mode(metrics)
     out: list[tuple[str, go.Figure]] = []
+    if has_heldout(metrics):
+        out.append(("Held-out accuracy", add_phase_bands(heldout_accuracy_curves(metrics), phases)))
     for testing in ([False, True] if finite else [False]):
         group = "Loss curves (testing)" if testing else "Loss curves (training)"
         for log_y in (False, True):
