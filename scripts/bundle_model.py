@@ -4,7 +4,7 @@ usage: python scripts/bundle_model.py RUN_DIR NAME [--eval-count 100000] [--eval
 
 The bundled folder (src/arithlens/models/NAME/) holds config.json (its "run"
 section gains a "card": parameter count, steps, final loss, and accuracy on
---eval-count random questions), model.safetensors, metrics.parquet, and the
+--eval-count random questions, recipe, steps, training wall seconds and thread count), model.safetensors, metrics.parquet, and the
 run's analysis/ and report.html when present. Checkpoints stay behind: all
 bundled weights together must stay under 40 MiB.
 """
@@ -37,6 +37,10 @@ def main() -> None:
     metrics = run.metrics
     card = {
         "params": int(sum(t.numel() for t in model.state_dict().values())),
+        "recipe": run.config.train.recipe,
+        "steps": int(run.info.get("steps_done", 0)),
+        "train_seconds": run.info.get("seconds"),
+        "threads": run.info.get("threads"),
         "final_loss": float(metrics["loss"].tail(100).mean()),
         "accuracy": round(result.accuracy, 6),
         "accuracy_questions": args.eval_count,

@@ -15,8 +15,8 @@ from test_cli import TINY_FLAGS, arithlens, assert_user_error
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("main_job") / "run"
-    done = arithlens("run", *TINY_FLAGS, "--steps", "300", "--checkpoint-every", "100", "--count", "300",
-                     "--out", str(out), timeout=900)
+    done = arithlens("run", *TINY_FLAGS, "--recipe", "fast", "--steps", "300", "--checkpoint-every", "100",
+                     "--eval-every", "100", "--eval-count", "500", "--count", "300", "--out", str(out), timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "report" in done.stdout and "accuracy" in done.stdout and "final loss" in done.stdout
     return out
@@ -29,6 +29,9 @@ def test_run_writes_every_artefact(finished_run: Path) -> None:
         assert (finished_run / name).is_file(), name
     summary = json.loads((finished_run / "analysis" / "summary.json").read_text())
     assert set(summary["answer_digits"]) == {"A2", "A1", "A0"}
+    config = json.loads((finished_run / "config.json").read_text())
+    assert config["train"]["recipe"] == "fast" and config["train"]["schedule"] == "cosine"
+    assert config["run"]["stop_reason"] == "steps" and 0 <= config["run"]["heldout_accuracy"] <= 1
 
 
 @pytest.mark.slow
@@ -39,6 +42,8 @@ def test_report_of_the_main_job_draws_every_figure(finished_run: Path, tmp_path:
     declared = int(re.search(r'<meta name="arithlens-figure-count" content="(\d+)">', page.dom).group(1))
     assert declared > 20
     assert page.drawn_figures == page.plotly_divs == declared
+    # the --eval-every figure is drawn too: its title is in the SVG plotly made, not only in the embedded JSON
+    assert re.search(r'class="gtitle"[^>]*>Held-out accuracy during training', page.dom)
     assert page.errors == []
     assert (tmp_path / "shot.png").stat().st_size > 10_000
 

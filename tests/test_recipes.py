@@ -160,10 +160,9 @@ def test_heldout_accuracy_is_recorded_at_each_evaluation(tmp_path: Path) -> None
     assert 0 <= row["heldout_accuracy"] <= row["heldout_acc_A0"] <= 1
     # the recorded accuracy is the saved model's accuracy on the held-out questions, re-measured here
     from arithlens.heldout import heldout_batch, heldout_accuracy
-    from arithlens.model import AnswerForward
     from arithlens.task import AdditionTask
     batch = heldout_batch(AdditionTask(2), 300, config.train.eval_seed)
-    again = heldout_accuracy(AnswerForward(run.model()), batch)
+    again = heldout_accuracy(run.model(), batch)
     assert float(again[0]) == row["heldout_accuracy"]
     assert run.info["heldout_accuracy"] == row["heldout_accuracy"] and run.info["stop_reason"] == "steps"
 

@@ -362,10 +362,29 @@ def evaluate(
     question_set: Annotated[str, typer.Option(
         "--set", help="Question set: random, or a built set such as cascade_depth_3, use_sum9, published_hard.",
     )] = "random",
+    every: Annotated[bool, typer.Option(
+        "--all", help="Check every question (all 10^(2n) pairs x, y: a proof, not a sample); at most 3 digits.",
+    )] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object on stdout instead of the table.",
+    )] = False,
     no_progress: NoProgress = False,
 ) -> None:
-    """Accuracy overall, by category, by cascade depth and by answer digit, in nines."""
-    from arithlens.analysis.accuracy import accuracy_table, evaluate as evaluate_batch, random_accuracy
+    """Accuracy overall, by category, by cascade depth and by answer digit, in nines.
+
+    --all checks every question of a model of up to 3 digits; --json prints one JSON object.
+    """
+    import math
+
+    from arithlens.analysis.accuracy import (
+        EXHAUSTIVE_MAX_DIGITS,
+        accuracy_records,
+        accuracy_table,
+        evaluate as evaluate_batch,
+        exhaustive_accuracy,
+        exhaustive_question_count,
+        random_accuracy,
+    )
     from arithlens.analysis.question_sets import make_question_set
     from arithlens.model import model_config_of
     from arithlens.runs import load_model
@@ -373,21 +392,51 @@ def evaluate(
 
     if count < 1:
         raise ArithlensError(f"--count must be at least 1, got {count}")
+    if every and question_set != "random":
+        raise ArithlensError(f"--all checks every question, so it takes no --set; drop --set {question_set}")
     loaded = load_model(model)
-    if question_set == "random":
+    n_digits = model_config_of(loaded).n_digits
+    if every and n_digits > EXHAUSTIVE_MAX_DIGITS:
+        raise ArithlensError(
+            f"eval --all checks every question, and a {n_digits}-digit model has "
+            f"{exhaustive_question_count(n_digits):,} of them; use --count N for a random sample "
+            f"(at most {EXHAUSTIVE_MAX_DIGITS} digits for --all)"
+        )
+    started = time.perf_counter()
+    if every:
+        result = exhaustive_accuracy(loaded, progress=not no_progress)
+    elif question_set == "random":
         result = random_accuracy(loaded, count, seed=seed, progress=not no_progress)
     else:
-        questions = make_question_set(AdditionTask(model_config_of(loaded).n_digits), question_set, count, seed)
+        questions = make_question_set(AdditionTask(n_digits), question_set, count, seed)
         result = evaluate_batch(loaded, questions.batch, progress=not no_progress)
-    table = Table(title=f"accuracy of {model} on {count:,} {question_set} questions (seed {seed})")
+    seconds = time.perf_counter() - started
+    rows = accuracy_table(result)
+    if as_json:
+        overall = accuracy_records(rows)[0]  # the first row is the overall one
+        payload = {
+            "model": model, "question_set": "all" if every else question_set, "seed": None if every else seed,
+            "questions": overall["questions"], "correct": overall["correct"], "accuracy": overall["accuracy"],
+            "failures": overall["failures"], "nines": overall["nines"],
+            "loss": result.loss if math.isfinite(result.loss) else None,  # a diverged model's NaN is not JSON
+            "groups": accuracy_records(rows),
+            "seconds": round(seconds, 3), "questions_per_s": round(len(result) / seconds, 1),
+        }
+        # Plain stdout, not rich: rich would wrap long lines and style the text.
+        sys.stdout.write(json.dumps(payload, allow_nan=False) + "\n")
+        return
+    title = (f"accuracy of {model} on all {len(result):,} questions (every x, y)" if every
+             else f"accuracy of {model} on {count:,} {question_set} questions (seed {seed})")
+    table = Table(title=title)
     for column in ("group", "questions", "correct", "accuracy", "failures", "nines"):
         table.add_column(column, justify="left" if column == "group" else "right")
-    for row in accuracy_table(result).itertuples():
+    for row in rows.itertuples():
         if row.questions == 0:  # e.g. cascade depths a built set never has
             continue
         table.add_row(f"{row.group_kind}: {row.group}", f"{row.questions:,}", f"{row.correct:,}",
                       f"{100 * row.accuracy:.4f}%", f"{row.failures:,}", f"{row.nines:.2f}")
     Console(width=max(console.width, 110)).print(table)
+    console.print(f"{len(result):,} questions in {seconds:.1f} s ({len(result) / seconds:,.0f} questions/s)")
 
 
 @app.command()

@@ -10,11 +10,10 @@ resumed and plotted with every other metric.
 from __future__ import annotations
 
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 
-from arithlens.model import AnswerForward, predicted_digits
+from arithlens.scoring import Scorer
 from arithlens.task import AdditionBatch, AdditionTask
-
-EVAL_CHUNK = 4096  # questions per forward: keeps activations of the larger models well inside the cache budget
 
 
 def heldout_metric_names(n_digits: int) -> list[str]:
@@ -30,18 +29,17 @@ def heldout_batch(task: AdditionTask, count: int, seed: int) -> AdditionBatch:
     return task.generate(count, torch.Generator().manual_seed(seed))
 
 
-def heldout_accuracy(forward: AnswerForward, batch: AdditionBatch) -> torch.Tensor:
+def heldout_accuracy(model: TransformerBridge, batch: AdditionBatch) -> torch.Tensor:
     """One float64 vector: overall accuracy, accuracy of An .. A0, then of cascade depths 0 .. n-1.
 
-    A depth with no question in the set is NaN.
+    A depth with no question in the set is NaN. Scoring reads the model's live weights
+    and changes nothing, so evaluating mid-run leaves training bit-identical.
     """
     n = batch.n_digits
-    targets = batch.tokens[:, 2 * n + 2 :]  # [batch, n+1]
-    with torch.inference_mode():
-        predicted = torch.cat([
-            predicted_digits(forward(batch.tokens[start : start + EVAL_CHUNK]))
-            for start in range(0, len(batch), EVAL_CHUNK)
-        ])  # [batch, n+1]
+    targets = batch.tokens[:, 2 * n + 2 :].cpu()  # [batch, n+1]
+    with Scorer(model, None) as scorer:
+        _, predicted = scorer.score(batch.tokens, lambda k: None)  # [batch, n+1]
+    batch = batch.to("cpu")
     correct_digits = predicted == targets
     correct = correct_digits.all(dim=1).double()  # [batch]
     depth_onehot = torch.nn.functional.one_hot(batch.cascade_depth, n).double()  # [batch, n]

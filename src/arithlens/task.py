@@ -209,6 +209,24 @@ class AdditionTask:
         y_digits = torch.tensor([[(v // p) % 10 for p in powers] for v in ys], dtype=torch.long)
         return self.batch_from_digits(x_digits.reshape(-1, self.n_digits), y_digits.reshape(-1, self.n_digits))
 
+    def every_question(self, start: int = 0, stop: int | None = None) -> AdditionBatch:
+        """Questions `start` .. `stop`-1 of all 10^(2n), in order: question i is x = i // 10^n, y = i % 10^n.
+
+        Slices of the range let a caller walk every question in bounded memory.
+        """
+        n = self.n_digits
+        total = 10 ** (2 * n)
+        stop = total if stop is None else stop
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= total):
+            raise ArithlensError(f"need 0 <= start < stop <= {total:,}, got start={start!r}, stop={stop!r}")
+        if n > 9:  # 10^(2n) would overflow int64 question indices
+            raise ArithlensError(f"every_question supports at most 9 digits, not {n}")
+        index = torch.arange(start, stop, dtype=torch.long)  # [batch]
+        powers = 10 ** torch.arange(n, dtype=torch.long)  # [n], units first
+        x_digits = (index // 10**n)[:, None] // powers % 10  # [batch, n]
+        y_digits = (index % 10**n)[:, None] // powers % 10
+        return self.batch_from_digits(x_digits, y_digits)
+
     # ----- generation ---------------------------------------------------
     def generate(
         self,

@@ -33,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from arithlens.config import RunConfig
 from arithlens.errors import RunFolderError
-from arithlens.heldout import heldout_accuracy, heldout_batch, heldout_metric_names
+from arithlens.heldout import heldout_accuracy, heldout_batch
 from arithlens.metrics import metric_names, metrics_frame, step_metrics, token_losses
 from arithlens.model import AnswerForward, build_model, resolve_device
 from arithlens.runs import (
@@ -158,8 +158,8 @@ class Trainer:
         """Score the held-out set at the current step into its metrics row; returns the overall accuracy."""
         if self.heldout is None:
             raise RunFolderError("this run has no held-out set: train with eval_every > 0")
-        scores = heldout_accuracy(self.forward, self.heldout)
-        self.history[self.step - 1, self.n_step_metrics :] = scores
+        scores = heldout_accuracy(self.model, self.heldout)
+        self.history[self.step - 1, self.n_step_metrics :] = scores.to(self.device)
         return float(scores[0])
 
     def heldout_due(self) -> bool:
@@ -233,6 +233,8 @@ class Trainer:
         if self.heldout is not None:
             columns = (*columns[:4], TextColumn("held-out {task.fields[heldout]}"), *columns[4:])
         self.info["status"] = "interrupted"  # until the last step is saved
+        # Bit-identical repeats and resumes hold at one thread count: matmuls split their sums by thread.
+        self.info["threads"] = torch.get_num_threads()
         self.info.pop("stop_reason", None)
         self.info.pop("stopped_at_step", None)
         reached = False

@@ -37,7 +37,8 @@ import pandas as pd
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from arithlens.analysis.accuracy import check_batch, check_chunk_size, progress_bar, score_logits
+from arithlens.analysis.accuracy import check_batch, check_chunk_size, progress_bar
+from arithlens.scoring import score_logits
 from arithlens.analysis.attribution import digit_class_masks
 from arithlens.analysis.nodes import node_name
 from arithlens.errors import ArithlensError

@@ -1,7 +1,10 @@
 """Accuracy, loss and failures of a model on a question set, up to millions of questions.
 
 Evaluation is teacher-forced through `AnswerForward` (answer positions only,
-batched, no grad). A question is correct when every answer digit's argmax over
+batched, no grad). On a CPU it runs cache-sized chunks on one single-threaded
+worker per core (see `arithlens.scoring.Scorer`); a 5-digit bundled model then runs near the
+CPU's matmul limit (benchmarks/eval_speed.py measures it). `exhaustive_accuracy`
+checks every question of a small model. A question is correct when every answer digit's argmax over
 the digit tokens 0-9 is right; that equals greedy generation's verdict, since
 generation sees the same prefix up to its first wrong digit. Losses are the
 training loss: float64 log-softmax over all 12 logits.
@@ -12,20 +15,24 @@ nines and 2-10 is five, i.e. the largest k with max(failures, 1) * 10^k <= total
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformer_lens.model_bridge import TransformerBridge
 
 from arithlens.errors import ArithlensError
-from arithlens.model import AnswerForward, model_config_of, predicted_digits
+from arithlens.model import model_config_of
+from arithlens.scoring import Scorer
 from arithlens.task import AdditionBatch, AdditionTask, QuestionCategory
 
 GENERATE_BLOCK = 65536  # random_accuracy draws questions in blocks this size, so a seed means one set
+EXHAUSTIVE_MAX_DIGITS = 3  # every 3-digit question is 10^6 of them; 4 digits would be 10^8
 
 
 @dataclass
@@ -60,17 +67,6 @@ class EvalResult:
         return float(self.loss_per_digit.mean())
 
 
-def score_logits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, predicted digit) for logits [..., d_vocab] and target tokens [...].
-
-    The loss is float64 cross-entropy over all logits, as in training; the
-    prediction is the argmax over digit tokens only.
-    """
-    log_probs = logits.double().log_softmax(dim=-1)
-    loss = -log_probs.gather(-1, targets[..., None]).squeeze(-1)
-    return loss, predicted_digits(logits)
-
-
 def check_batch(model: TransformerBridge, batch: AdditionBatch) -> int:
     """The model's digit count, after checking the batch suits it."""
     n = model_config_of(model).n_digits
@@ -91,59 +87,92 @@ def check_chunk_size(chunk_size: int) -> None:
 
 @contextmanager
 def progress_bar(total: int, description: str, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar over `total` items; yields `advance(k)`. A no-op when disabled."""
+    """A rich progress bar on stderr over `total` items; yields `advance(k)`. A no-op when disabled.
+
+    Stderr keeps stdout for results, e.g. `arithlens eval --json`.
+    """
     if not enabled:
         yield lambda k: None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns) as bar:
+    with Progress(*columns, console=Console(stderr=True)) as bar:
         task_id = bar.add_task(description, total=total)
         yield lambda k: bar.advance(task_id, k)
 
 
-def evaluate(model: TransformerBridge, batch: AdditionBatch, *, chunk_size: int = 8192,
+def _result(batch: AdditionBatch, loss: torch.Tensor, predicted: torch.Tensor) -> EvalResult:
+    batch = batch.to("cpu")
+    correct_digits = predicted == batch.tokens[:, 2 * batch.n_digits + 2 :]  # [batch, n+1]
+    return EvalResult(batch=batch, predicted=predicted, correct_digits=correct_digits,
+                      correct=correct_digits.all(dim=1), loss_per_digit=loss)
+
+
+def _score_blocks(model: TransformerBridge, blocks: Iterable[AdditionBatch], total: int, description: str,
+                  chunk_size: int | None, progress: bool) -> EvalResult:
+    """One EvalResult for all `blocks`; a generator of blocks is drawn lazily, one block at a time."""
+    batches, losses, predictions = [], [], []
+    with Scorer(model, chunk_size) as scorer, progress_bar(total, description, progress) as advance:
+        for batch in blocks:
+            loss, predicted = scorer.score(batch.tokens, advance)
+            batches.append(batch.to("cpu"))
+            losses.append(loss)
+            predictions.append(predicted)
+    if len(batches) == 1:
+        return _result(batches[0], losses[0], predictions[0])
+    return _result(AdditionBatch.concat(batches), torch.cat(losses), torch.cat(predictions))
+
+
+def evaluate(model: TransformerBridge, batch: AdditionBatch, *, chunk_size: int | None = None,
              progress: bool = False) -> EvalResult:
-    """Teacher-forced predictions, correctness and losses for every question in `batch`."""
-    n = check_batch(model, batch)
-    check_chunk_size(chunk_size)
-    forward = AnswerForward(model)
-    device = next(iter(forward.params.values())).device
-    targets = batch.tokens[:, 2 * n + 2 :]  # [batch, n+1]
-    losses, predictions = [], []
-    with torch.inference_mode(), progress_bar(len(batch), "evaluating", progress) as advance:
-        for start in range(0, len(batch), chunk_size):
-            tokens = batch.tokens[start : start + chunk_size].to(device)
-            loss, predicted = score_logits(forward(tokens), tokens[:, 2 * n + 2 :])
-            losses.append(loss.cpu())
-            predictions.append(predicted.cpu())
-            advance(tokens.shape[0])
-    predicted = torch.cat(predictions)
-    correct_digits = predicted == targets.cpu()
-    return EvalResult(batch=batch.to("cpu"), predicted=predicted, correct_digits=correct_digits,
-                      correct=correct_digits.all(dim=1), loss_per_digit=torch.cat(losses))
+    """Teacher-forced predictions, correctness and losses for every question in `batch`.
+
+    `chunk_size` questions go through the model at a time; None picks a cache-sized
+    chunk on a CPU (see `arithlens.scoring.default_chunk_size`). It changes speed, never results.
+    """
+    check_batch(model, batch)
+    if chunk_size is not None:  # None: pick a cache-sized chunk
+        check_chunk_size(chunk_size)
+    return _score_blocks(model, [batch], len(batch), "evaluating", chunk_size, progress)
 
 
-def random_accuracy(model: TransformerBridge, count: int, seed: int = 0, *, chunk_size: int = 8192,
+def random_accuracy(model: TransformerBridge, count: int, seed: int = 0, *, chunk_size: int | None = None,
                     progress: bool = False) -> EvalResult:
     """Evaluate `count` uniformly random questions (fine up to millions), drawn from `seed`."""
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ArithlensError(f"count must be an integer >= 1, got {count!r}")
-    check_chunk_size(chunk_size)
+    if chunk_size is not None:  # None: pick a cache-sized chunk
+        check_chunk_size(chunk_size)
     task = AdditionTask(model_config_of(model).n_digits)
     generator = torch.Generator().manual_seed(seed)
-    parts: list[EvalResult] = []
-    with progress_bar(count, f"{count:,} random questions", progress) as advance:
-        for start in range(0, count, GENERATE_BLOCK):
-            batch = task.generate(min(GENERATE_BLOCK, count - start), generator)
-            parts.append(evaluate(model, batch, chunk_size=chunk_size))
-            advance(len(batch))
-    if len(parts) == 1:
-        return parts[0]
-    return EvalResult(
-        batch=AdditionBatch.concat([p.batch for p in parts]),
-        **{name: torch.cat([getattr(p, name) for p in parts])
-           for name in ("predicted", "correct_digits", "correct", "loss_per_digit")},
-    )
+    block = GENERATE_BLOCK  # read once: tests shrink it
+    blocks = (task.generate(min(block, count - start), generator) for start in range(0, count, block))
+    return _score_blocks(model, blocks, count, f"{count:,} random questions", chunk_size, progress)
+
+
+def exhaustive_question_count(n_digits: int) -> int:
+    """How many questions an `n_digits` model has: every pair x, y, i.e. 10^(2n)."""
+    return 10 ** (2 * n_digits)
+
+
+def exhaustive_accuracy(model: TransformerBridge, *, chunk_size: int | None = None,
+                        progress: bool = False) -> EvalResult:
+    """Evaluate every question of the model (all 10^(2n) pairs, x-major): a proof, not a sample.
+
+    Only for models of at most `EXHAUSTIVE_MAX_DIGITS` digits (10^6 questions at 3).
+    """
+    if chunk_size is not None:  # None: pick a cache-sized chunk
+        check_chunk_size(chunk_size)
+    n = model_config_of(model).n_digits
+    total = exhaustive_question_count(n)
+    if n > EXHAUSTIVE_MAX_DIGITS:
+        raise ArithlensError(
+            f"checking every question of a {n}-digit model means {total:,} questions; that is for models of "
+            f"at most {EXHAUSTIVE_MAX_DIGITS} digits: use random_accuracy for a sample"
+        )
+    task = AdditionTask(n)
+    block = GENERATE_BLOCK
+    blocks = (task.every_question(start, min(start + block, total)) for start in range(0, total, block))
+    return _score_blocks(model, blocks, total, f"all {total:,} questions", chunk_size, progress)
 
 
 def nines(failures: int, total: int) -> float:
@@ -186,6 +215,23 @@ def accuracy_table(result: EvalResult) -> pd.DataFrame:
             "nines": nines(questions - correct, questions) if questions else float("nan"),
         })
     return pd.DataFrame(rows)
+
+
+def accuracy_records(table: pd.DataFrame) -> list[dict[str, str | int | float | None]]:
+    """`accuracy_table` rows as plain JSON-ready dicts: Python ints and floats, NaN as None."""
+    records: list[dict[str, str | int | float | None]] = []
+    for row in table.to_dict("records"):
+        record: dict[str, str | int | float | None] = {}
+        for key, value in row.items():
+            if isinstance(value, str):
+                record[key] = value
+            elif key in ("questions", "correct", "failures"):
+                record[key] = int(value)
+            else:
+                number = float(value)
+                record[key] = None if math.isnan(number) else number  # JSON has no NaN
+        records.append(record)
+    return records
 
 
 def _digit_list(flags: torch.Tensor) -> list[str]:

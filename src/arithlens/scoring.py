@@ -1,0 +1,100 @@
+"""Scoring many questions fast: loss and predicted digits through `AnswerForward`, without grad.
+
+Used by the analyses (`arithlens.analysis.accuracy`) and by held-out evaluation
+during training (`arithlens.heldout`), so it sits below both. On a CPU it runs
+cache-sized chunks on one single-threaded worker per core; a 5-digit model then
+runs near the CPU's matmul limit (benchmarks/eval_speed.py measures it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from arithlens.config import ModelConfig
+from arithlens.flops import widest_activation_floats
+from arithlens.model import AnswerForward, predicted_digits
+
+# On a CPU a chunk's widest activation is kept near this size so that a chunk's working set stays
+# in cache: with 8192-question chunks a 5-digit model's MLP hidden alone is ~570 MB, and time went
+# to page faults and memory-bound passes (bias, relu, copies) instead of matmuls.
+CPU_CHUNK_BYTES = 4 * 2**20
+MAX_CHUNK_SIZE = 8192  # accelerators, and the cap for tiny models on a CPU
+
+
+def score_logits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, predicted digit) for logits [..., d_vocab] and target tokens [...].
+
+    The loss is float64 cross-entropy over all logits, as in training; the
+    prediction is the argmax over digit tokens only.
+    """
+    log_probs = logits.double().log_softmax(dim=-1)
+    loss = -log_probs.gather(-1, targets[..., None]).squeeze(-1)
+    return loss, predicted_digits(logits)
+
+
+def default_chunk_size(config: ModelConfig, device: torch.device, dtype: torch.dtype = torch.float32) -> int:
+    """Questions per forward call: cache-sized on a CPU, large on an accelerator."""
+    if device.type != "cpu":
+        return MAX_CHUNK_SIZE
+    per_question = widest_activation_floats(config) * dtype.itemsize
+    # A multiple of 8 keeps the matmul row counts friendly to the BLAS kernels.
+    return max(8, min(MAX_CHUNK_SIZE, CPU_CHUNK_BYTES // per_question // 8 * 8))
+
+
+class Scorer:
+    """Loss and predicted digits for token chunks, through `AnswerForward`, without grad.
+
+    On a CPU with several threads it runs one single-threaded worker per thread, each on
+    its own cache-sized chunk: small chunks under intra-op threading pay a thread barrier
+    per op, and a busy machine (a preempted thread) stalls every barrier for a whole time
+    slice. `torch.set_num_threads` is process-wide, so it is restored on exit.
+    """
+
+    def __init__(self, model: TransformerBridge, chunk_size: int | None) -> None:
+        self.forward = AnswerForward(model)
+        self.n = self.forward.config.n_digits
+        weight = self.forward.params["embed.weight"]
+        self.device = weight.device
+        self.chunk_size = chunk_size or default_chunk_size(self.forward.config, self.device, weight.dtype)
+        self.threads = torch.get_num_threads()
+        self.workers = self.threads if self.device.type == "cpu" else 1
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> Scorer:
+        if self.workers > 1:
+            # Set before the pool's threads start: each picks up the thread count on its first op.
+            torch.set_num_threads(1)
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="arithlens-eval")
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            torch.set_num_threads(self.threads)
+
+    def _score_chunk(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Grad mode is per thread, so each worker enters inference mode itself.
+        with torch.inference_mode():
+            tokens = tokens.to(self.device)  # [chunk, 3n+3]
+            loss, predicted = score_logits(self.forward(tokens), tokens[:, 2 * self.n + 2 :])
+            return loss.cpu(), predicted.cpu()  # [chunk, n+1] each
+
+    def score(self, tokens: torch.Tensor, advance: Callable[[int], None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss [batch, n+1] float64, predicted [batch, n+1] long) for tokens [batch, 3n+3]."""
+        chunks = tokens.split(self.chunk_size)
+        results: Iterable[tuple[torch.Tensor, torch.Tensor]] = (
+            self._pool.map(self._score_chunk, chunks) if self._pool is not None else map(self._score_chunk, chunks)
+        )
+        losses, predictions = [], []
+        for loss, predicted in results:  # in chunk order
+            losses.append(loss)
+            predictions.append(predicted)
+            advance(predicted.shape[0])
+        return torch.cat(losses), torch.cat(predictions)
