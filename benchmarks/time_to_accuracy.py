@@ -11,9 +11,9 @@ reported apart. A target not reached within the run's steps is `null`.
 It prints one line per recipe and then one JSON line with everything. Time it
 on an otherwise idle machine: a second busy process on 2 cores slows every figure.
 
-usage: python benchmarks/time_to_accuracy.py [--layers 1] [--fast-steps 2000] [--seed-steps 4000]
+usage: python benchmarks/time_to_accuracy.py [--layers 1] [--fast-steps 2000] [--seed-steps 3000]
        python benchmarks/time_to_accuracy.py --layers 2 --d-model 256 --heads 4 --d-mlp 1024 --norm LN \\
-           --enrich 0.4 --fast-steps 6000 --seed-steps 6000
+           --fast-steps 6000 --seed-steps 6000
 """
 
 from __future__ import annotations
@@ -66,11 +66,12 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--d-mlp", type=int, default=2048)
     parser.add_argument("--norm", default=None)
-    parser.add_argument("--enrich", type=float, default=0.0, help="Sum9 enrichment for both recipes.")
+    parser.add_argument("--enrich", type=float, default=None,
+                        help="Sum9 enrichment for both recipes (default: each recipe's own: 0 seed, 0.4 fast).")
     parser.add_argument("--lr", type=float, default=None, help="The seed recipe's lr (default 1e-4, the seed's).")
     parser.add_argument("--fast-steps", type=int, default=2000, help="The fast recipe's run length (its schedule).")
-    parser.add_argument("--seed-steps", type=int, default=4000, help="At most this many seed-recipe steps.")
-    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--seed-steps", type=int, default=3000, help="At most this many seed-recipe steps.")
+    parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--eval-count", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=129000)
     args = parser.parse_args()

@@ -14,13 +14,13 @@ from arithlens.analysis.question_sets import make_question_set
 from arithlens.runs import bundled_model_names, load_model, load_run
 from arithlens.task import AdditionTask
 
-# What the bundled model (20,000 steps, loss 0.014) measured, as floors and ceilings with a margin:
-# 96.2% on 100k random questions -- the published model's >99.5% is NOT reached (see the README table);
-# 10,000-question cascade sets of depth 2/3/4 were answered 78%/55%/35% of the time, carry-free ones 92%.
-ACCURACY_AT_LEAST = 0.95
-CASCADE_ACCURACY_BELOW = {2: 0.85, 3: 0.65, 4: 0.45}
-# add_d5_l2 (claim 3) made 2 errors in 1M random questions and none in 10,000 of each cascade depth 1..4,
-# so a 20K sample must come back clean and each 1000-question cascade set at least 99.9% right.
+# What the bundled add_d5_l1 (fast recipe, 4,000 steps) measured, as floors and ceilings with a margin:
+# 99.56% on 1M random questions (claim 1 reproduced: > 99.5%), so a 20K sample must stay above 99.3%;
+# 10,000-question cascade sets of depth 2/3/4 were answered 87.3%/70.5%/76.7% of the time, carry-free 99.9%.
+ACCURACY_AT_LEAST = 0.993
+CASCADE_ACCURACY_BELOW = {2: 0.92, 3: 0.78, 4: 0.84}
+# add_d5_l2 (claim 3, fast recipe, 6,000 steps) made no error in 1M random questions and none in 10,000 of
+# each cascade depth 1..4, so a 20K sample must come back clean and each 1000-question cascade set >= 99.9%.
 L2_RANDOM_ERRORS_AT_MOST = 0
 
 
@@ -51,7 +51,7 @@ def test_claim2_fails_most_cascades(model) -> None:
     for depth in (2, 3, 4):
         cascades = evaluate(model, make_question_set(task, f"cascade_depth_{depth}", 1000, seed=3).batch).accuracy
         assert cascades < CASCADE_ACCURACY_BELOW[depth], depth
-        assert cascades < plain - 0.05, depth  # measured 11 / 36 / 56 points under carry-free at depth 2 / 3 / 4
+        assert cascades < plain - 0.05, depth  # measured 13 / 29 / 23 points under carry-free at depth 2 / 3 / 4
 
 
 def test_claim3_the_two_layer_model_gets_random_questions_and_cascades_right(model_l2) -> None:
@@ -88,7 +88,7 @@ def test_bundled_model_loads_by_name_on_every_command() -> None:
         assert answered.returncode == 0, answered.stderr
         plain, cascade = answered.stdout.split()
         assert plain == "12345+67890=080235", name
-        if name == "add_d5_l2":  # the depth-4 cascade the 1-layer model gets wrong (it answers 099900)
+        if name == "add_d5_l2":  # the depth-4 cascade the 1-layer model gets wrong (it answers 099000)
             assert cascade == "44445+55555=100000"
 
 
