@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -217,3 +219,25 @@ def test_interrupted_fast_run_with_heldout_resumes_bit_identically(tmp_path: Pat
     resumed = resume(tmp_path / "crashed", progress=False)
     assert weights_equal(straight.model(), resumed.model())
     assert straight.metrics.equals(resumed.metrics)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_interrupted_training_says_what_was_saved_and_exits_non_zero(tmp_path: Path, signum: int, code: int) -> None:
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "arithlens.cli", "train", *TINY_FLAGS, "--steps", "100000",
+                                "--checkpoint-every", "50", "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = out / "checkpoints" / "train_state.safetensors"
+    deadline = time.time() + 240
+    while not state.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    # `arithlens train ... && arithlens analyze ...` must not carry on with a half-trained run
+    assert process.returncode == code, stderr
+    assert f"interrupted by {signal.Signals(signum).name}" in stderr and f"--resume {out}" in stderr, stderr
+    saved = load_run(out)
+    assert saved.info["status"] == "interrupted" and 0 < saved.info["steps_done"] < 100000
+    resumed = arithlens("train", "--resume", str(out), "--steps", str(saved.info["steps_done"] + 5), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr

@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from arithlens.config import ModelConfig, RunConfig, TrainConfig
-from arithlens.errors import ArithlensError
+from arithlens.errors import ArithlensError, CommandInterrupted, TrainingInterrupted
 
 app = typer.Typer(
     add_completion=False,
@@ -115,7 +115,10 @@ def training_command(func: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(func)
     def command(**kwargs: Any) -> None:
-        func({name: kwargs.pop(name) for name in names}, **kwargs)
+        try:
+            func({name: kwargs.pop(name) for name in names}, **kwargs)
+        except TrainingInterrupted as stopped:  # past typer, which would keep only "exit 130"
+            raise CommandInterrupted(stopped.message, stopped.exit_code) from None
 
     command.__signature__ = inspect.Signature([*TRAINING_OPTIONS, *own])  # type: ignore[attr-defined]
     command.__annotations__ = {}
@@ -468,7 +471,10 @@ def models() -> None:
 def main() -> None:
     """Entry point: run the app, turning user mistakes into one line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+    except CommandInterrupted as stopped:
+        err_console.print(stopped.message, markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(stopped.exit_code) from None
     except ArithlensError as error:
         err_console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
@@ -488,6 +494,11 @@ def main() -> None:
             err_console.print(f"error: {format_message()}", markup=False, highlight=False, soft_wrap=True)
             raise SystemExit(exit_code) from None
         raise
+    if isinstance(code, int) and code != 0:  # typer returns, not raises, the exit code of a Ctrl-C
+        if code == 130:
+            err_console.print("interrupted", markup=False, highlight=False)
+        raise SystemExit(code)
+
 
 if __name__ == "__main__":
     main()

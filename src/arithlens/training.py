@@ -32,7 +32,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from arithlens.config import RunConfig
-from arithlens.errors import RunFolderError
+from arithlens.errors import RunFolderError, TrainingInterrupted
 from arithlens.heldout import heldout_accuracy, heldout_batch
 from arithlens.metrics import metric_names, metrics_frame, step_metrics, token_losses
 from arithlens.model import AnswerForward, build_model, resolve_device
@@ -58,6 +58,7 @@ StepCallback = Callable[[int], None]
 
 class _StopFlag:
     requested: bool = False
+    signum: int = signal.SIGINT
 
 
 @contextmanager
@@ -70,6 +71,7 @@ def _deferred_interrupts() -> Iterator[_StopFlag]:
 
     def request_stop(signum: int, frame: object) -> None:
         flag.requested = True
+        flag.signum = signum
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -258,7 +260,11 @@ class Trainer:
                 if stop.requested:
                     self.info["seconds"] = round(self.info.get("seconds", 0.0) + time.perf_counter() - started, 2)
                     self.save(snapshot=False)  # nothing is lost: --resume continues from this exact step
-                    raise KeyboardInterrupt
+                    name = signal.Signals(stop.signum).name
+                    raise TrainingInterrupted(
+                        f"interrupted by {name} at step {self.step} of {train.steps}: the run is saved in "
+                        f"{self.out_dir}; continue it with: arithlens train --resume {self.out_dir}",
+                        128 + int(stop.signum))
         self.info.update(status="complete", finished=_now(), stopped_at_step=self.step,
                          stop_reason="until_accuracy" if reached else "steps")
         self.info["seconds"] = round(self.info.get("seconds", 0.0) + time.perf_counter() - started, 2)
