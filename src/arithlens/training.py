@@ -32,7 +32,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from arithlens.config import RunConfig
-from arithlens.errors import RunFolderError, TrainingInterrupted
+from arithlens.errors import ConfigError, RunFolderError, TrainingInterrupted
 from arithlens.heldout import heldout_accuracy, heldout_batch
 from arithlens.metrics import metric_names, metrics_frame, step_metrics, token_losses
 from arithlens.model import AnswerForward, build_model, resolve_device
@@ -159,7 +159,7 @@ class Trainer:
     def evaluate_heldout(self) -> float:
         """Score the held-out set at the current step into its metrics row; returns the overall accuracy."""
         if self.heldout is None:
-            raise RunFolderError("this run has no held-out set: train with eval_every > 0")
+            raise ConfigError("this run has no held-out set: train with eval_every > 0")
         scores = heldout_accuracy(self.model, self.heldout)
         self.history[self.step - 1, self.n_step_metrics :] = scores.to(self.device)
         return float(scores[0])
