@@ -18,6 +18,7 @@ from arithlens.errors import ConfigError
 from arithlens.heldout import heldout_metric_names
 from arithlens.runs import load_run
 from arithlens.training import resume, train
+from test_cli import arithlens, assert_user_error
 
 TINY_MODEL = ModelConfig(n_digits=2, d_model=32, d_mlp=64, n_heads=4)
 TINY_FLAGS = ["--digits", "2", "--d-model", "32", "--heads", "4", "--d-mlp", "64", "--no-progress"]
@@ -26,11 +27,6 @@ TINY_FLAGS = ["--digits", "2", "--d-model", "32", "--heads", "4", "--d-mlp", "64
 def weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def arithlens(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "arithlens.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
 
 
 # ----- schedules -------------------------------------------------------------
@@ -124,10 +120,7 @@ def test_bad_training_flags_are_one_line_errors_and_lose_nothing(tmp_path: Path)
     # every case on `train`, and the first on `run` too: both read the one shared declaration of these flags
     cases = [("train", flags, message) for flags, message in BAD_FLAGS] + [("run", *BAD_FLAGS[0])]
     for command, flags, message in cases:
-        failed = arithlens(command, *TINY_FLAGS, *flags, "--out", str(existing), "--force")
-        assert failed.returncode == 2, (flags, failed.stderr)
-        lines = failed.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (flags, failed.stderr)
+        assert_user_error(arithlens(command, *TINY_FLAGS, *flags, "--out", str(existing), "--force"), message)
     assert {p.relative_to(existing): p.read_bytes() for p in existing.rglob("*") if p.is_file()} == before
 
 
