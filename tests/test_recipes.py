@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from arithlens.config import RECIPES, ModelConfig, RunConfig, TrainConfig
-from arithlens.errors import ConfigError
+from arithlens.errors import ConfigError, TrainingDiverged
 from arithlens.heldout import heldout_metric_names
 from arithlens.runs import load_run
 from arithlens.training import resume, train
@@ -234,3 +234,29 @@ def test_interrupted_training_says_what_was_saved_and_exits_non_zero(tmp_path: P
     assert saved.info["status"] == "interrupted" and 0 < saved.info["steps_done"] < 100000
     resumed = arithlens("train", "--resume", str(out), "--steps", str(saved.info["steps_done"] + 5), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    config = RunConfig(TINY_MODEL, TrainConfig(steps=60, batch_size=16, lr=1e-3, checkpoint_every=10))
+
+    def blow_up(step: int) -> None:  # what an exploding update does: NaN in the weights from step 12 on
+        if step == 12:
+            with torch.no_grad():
+                next(trainer_model.parameters()).fill_(float("nan"))
+
+    from arithlens.training import Trainer
+    out = tmp_path / "run"
+    out.mkdir()
+    trainer = Trainer(config, out, {"status": "interrupted"})
+    trainer_model = trainer.model
+    with pytest.raises(TrainingDiverged, match="step 20"):
+        trainer.fit(progress=False, on_step=blow_up)
+    run = load_run(out)
+    assert run.info["status"] == "diverged" and run.info["steps_done"] == 10 and run.info["diverged_at_step"] == 20
+    saved = run.model().state_dict()
+    assert all(torch.isfinite(t).all() for t in saved.values())  # the step-10 weights, not the NaN ones
+    assert run.checkpoint_steps() == [10]
+
+    fresh = arithlens("train", *TINY_FLAGS, "--steps", "30", "--weight-decay", "inf", "--out", str(tmp_path / "new"))
+    assert_user_error(fresh, "training diverged", "no checkpoint had been saved yet")
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["run"]["status"] == "diverged"

@@ -20,6 +20,10 @@ class RunFolderError(ArithlensError):
     """A run folder that is missing, damaged, or would be overwritten."""
 
 
+class TrainingDiverged(ArithlensError):
+    """The loss became NaN or infinite: training stopped and kept its last good checkpoint."""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped training after the current step was saved.
 

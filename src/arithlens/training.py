@@ -18,6 +18,7 @@ scheduler and both data RNG states, and the metrics history.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
@@ -32,7 +33,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from arithlens.config import RunConfig
-from arithlens.errors import ConfigError, RunFolderError, TrainingInterrupted
+from arithlens.errors import ConfigError, RunFolderError, TrainingDiverged, TrainingInterrupted
 from arithlens.heldout import heldout_accuracy, heldout_batch
 from arithlens.metrics import metric_names, metrics_frame, step_metrics, token_losses
 from arithlens.model import AnswerForward, build_model, resolve_device
@@ -225,6 +226,23 @@ class Trainer:
         if self.step > self.config.train.steps:
             raise RunFolderError(f"{self.out_dir} has already trained {self.step} steps; ask for --steps >= {self.step}")
 
+    def _weights_finite(self) -> bool:
+        """Checked before each save: a step can leave NaN weights behind a finite loss."""
+        with torch.no_grad():
+            return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    def _diverged(self, loss: float, started: float) -> None:
+        """Stop on a non-finite loss, keeping the last good checkpoint: only config.json is rewritten."""
+        last_good = self.info.get("steps_done", 0)
+        self.info.update(status="diverged", diverged_at_step=self.step,
+                         seconds=round(self.info.get("seconds", 0.0) + time.perf_counter() - started, 2))
+        self.write_config()
+        kept = (f"the last good state (step {last_good}) is kept in {self.out_dir}" if last_good
+                else "no checkpoint had been saved yet")
+        raise TrainingDiverged(
+            f"training diverged: the loss was {loss} (or the weights non-finite) by step {self.step}; {kept}. Lower --lr or --weight-decay, "
+            f"or add --grad-clip, and train again")
+
     # ----- loop ---------------------------------------------------------
     def fit(self, progress: bool = True, on_step: StepCallback | None = None) -> None:
         train = self.config.train
@@ -250,10 +268,13 @@ class Trainer:
                     self.info["heldout_step"] = self.step
                     bar.update(task_id, heldout=f"{100 * accuracy:.2f}%")
                     reached = train.until_accuracy is not None and accuracy >= train.until_accuracy
-                if self.step % LOG_EVERY == 0 or self.step == train.steps or reached:
-                    loss = float(self.history[self.step - 1, 1])
+                checkpoint_due = self.step % train.checkpoint_every == 0 and self.step < train.steps and not reached
+                if self.step % LOG_EVERY == 0 or self.step == train.steps or reached or checkpoint_due:
+                    loss = float(self.history[self.step - 1, 1])  # the loop's only host sync
+                    if not math.isfinite(loss) or (checkpoint_due and not self._weights_finite()):
+                        self._diverged(loss, started)
                     bar.update(task_id, completed=self.step, loss=f"{loss:.4g}")
-                if self.step % train.checkpoint_every == 0 and self.step < train.steps and not reached:
+                if checkpoint_due:
                     self.save(snapshot=True)
                 if on_step is not None:
                     on_step(self.step)
@@ -265,6 +286,8 @@ class Trainer:
                         f"interrupted by {name} at step {self.step} of {train.steps}: the run is saved in "
                         f"{self.out_dir}; continue it with: arithlens train --resume {self.out_dir}",
                         128 + int(stop.signum))
+        if not self._weights_finite():
+            self._diverged(float(self.history[self.step - 1, 1]), started)
         self.info.update(status="complete", finished=_now(), stopped_at_step=self.step,
                          stop_reason="until_accuracy" if reached else "steps")
         self.info["seconds"] = round(self.info.get("seconds", 0.0) + time.perf_counter() - started, 2)
