@@ -478,10 +478,8 @@ def main() -> None:
     except ArithlensError as error:
         err_console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        err_console.print("interrupted (a training run keeps its last step: continue it with --resume DIR)",
-                          markup=False, highlight=False)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt:  # outside a command; a training run reports itself through CommandInterrupted
+        code = 130
     except typer.Exit as done:
         raise SystemExit(done.exit_code) from None
     except typer.Abort:
