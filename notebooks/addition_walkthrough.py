@@ -412,24 +412,25 @@ print(f"By class, A{digit} accuracy with {node} ablated: "
                   for row in rows.itertuples() if row.questions) + ".")
 
 # %% [markdown]
-# The published finding: each answer digit is computed at the token just before it. Mean-ablating
-# the whole residual stream at one position at a time shows which positions matter for which digit.
-# (`position_ablation` and `node_ablation` take the mean over the questions they test; here those are
-# uniformly random, so that mean is neutral.)
+# The published finding: each answer digit is computed at the token just before it. Two ablations per
+# position test it: the attention and MLP *outputs* there (what the position computes) and its *input*
+# (what it is given). Ablating a position's whole `resid_post` would prove nothing in one layer: only that
+# position's unembedding reads it. (`position_ablation` takes its means from 1,000 random questions.)
 
 # %% tags=["figure"]
 positions = position_ablation(model, batch)
 analysis_plots.position_ablation_heatmap(positions, n)
 
 # %% tags=["interpretation"]
-names = task.position_names()
-harmless = []
-for position_index, rows in positions.groupby("position"):
-    if (rows.loc[rows["answer_digit"] != "all", "accuracy_delta"] < -0.01).any():
-        print(breaks_sentence(f"P{position_index} ({names[position_index]})", rows))
-    else:
-        harmless.append(names[position_index])
-print(f"Ablating any of {', '.join(harmless) or 'no position'} breaks no answer digit.")
+for site, rows_of_site in positions.groupby("site", sort=False):
+    harmless = []
+    print(f"{site}:")
+    for position_index, rows in rows_of_site.groupby("position"):
+        if (rows.loc[rows["answer_digit"] != "all", "accuracy_delta"] < -0.01).any():
+            print("  " + breaks_sentence(f"the {site} at {task.position_label(position_index)}", rows))
+        else:
+            harmless.append(task.position_label(position_index))
+    print(f"  Ablating the {site} at any of {', '.join(harmless) or 'no position'} breaks no answer digit.")
 
 # %% [markdown]
 # ## 8. Logit lens

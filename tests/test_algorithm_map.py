@@ -19,9 +19,14 @@ def ablation_rows(node: str, kind: str, position: int, head: int, digit: str, dr
 
 
 def patch_row(kind: str, node: str, head: int, recovery: float, *, component: str = "head", digit: str = "A2",
-              position: int = 8, span: float = 4.0, clean_correct: float = 1.0) -> dict:
+              position: int = 8, span: float = 4.0, clean_correct: float = 1.0, baseline_flips: float = 0.1,
+              net_ci: tuple[float, float] | None = None) -> dict:
+    flips = min(1.0, baseline_flips + recovery * 0.8)
+    net = flips - baseline_flips
+    low, high = net_ci if net_ci is not None else (net - 0.05, net + 0.05)
     return {"kind": kind, "answer_digit": digit, "component": component, "layer": 0, "head": head,
-            "position": position, "node": node, "recovery": recovery, "flips": recovery * 0.9,
+            "position": position, "node": node, "recovery": recovery, "flips": flips,
+            "baseline_flips": baseline_flips, "net_flips": net, "net_flips_ci_low": low, "net_flips_ci_high": high,
             "clean_logit_diff": span / 2, "corrupted_logit_diff": -span / 2, "clean_correct": clean_correct}
 
 
@@ -78,9 +83,15 @@ def test_map_claims_follow_the_evidence():
     carry = claims[("A2", "MakeCarry1", "P8L0H1")]
     assert carry.supported_by == "ablation" and carry.confidence == 2  # + PCA tri-state of pair D1
     assert "40% with a carry in vs 0% without" in carry.evidence
+    assert carry.evidence.startswith("mean-ablating it drops A2")
+    recorded = ablation.assign(method="resample", reference="1,000 uniformly random questions (seed 1)")
+    text = algorithm_map(N, recorded).set_index(["role", "node"]).loc[("MakeCarry1", "P8L0H1"), "evidence"]
+    assert text.startswith("resample-ablating it (against 1,000 uniformly random questions (seed 1)) drops A2")
     assert "tri-state of pair D1" in carry.evidence and "attends to D1 (0.45), D'1 (0.40)" in carry.evidence
     sum9 = claims[("A2", "MakeSum9", "P8L0H1")]
     assert sum9.supported_by == "patching" and sum9.patching_recovery == 0.5 and sum9.confidence == 2
+    assert sum9.patching_net_flips == pytest.approx(0.4)
+    assert "net of the 10% that flip unpatched" in sum9.evidence and "95% CI 35% to 45%" in sum9.evidence
     use = claims[("A2", "UseSum9", "P8L0H2")]
     assert use.confidence == 1 and use.pca_separation == 0.5  # PCA shown but below the bar
     mlp = claims[("A2", "BaseAdd", "P8L0M")]
@@ -134,3 +145,21 @@ def test_failed_cases_lists_what_fails_worst_first():
     assert failed_cases(accuracy, min_accuracy=0.4).empty
     with pytest.raises(ArithlensError):
         failed_cases(accuracy.drop(columns="source"))
+
+
+def test_patching_claims_need_net_flips_whose_interval_excludes_zero():
+    """54% of pairs flipping is no evidence when 46% flip with no patch at all."""
+    ablation, *_ = evidence()
+    patching = pd.DataFrame([
+        patch_row("UseSum9", "P8L0H2", 2, 0.8, baseline_flips=0.46, net_ci=(-0.05, 0.21)),  # recovery alone
+        patch_row("MakeSum9", "P8L0H1", 1, 0.5, baseline_flips=0.46, net_ci=(0.25, 0.55)),
+    ])
+    frame = algorithm_map(N, ablation, patching=patching)
+    claims = {(r.answer_digit, r.role, r.node): r for r in frame.itertuples()}
+    assert ("A2", "UseSum9", "P8L0H2") not in claims
+    sum9 = claims[("A2", "MakeSum9", "P8L0H1")]
+    assert sum9.supported_by == "patching"
+    assert sum9.patching_net_flips == pytest.approx(0.4) and "patching_flips" not in frame.columns
+    assert "net of the 46% that flip unpatched" in sum9.evidence
+    with pytest.raises(ArithlensError, match="net_flips"):
+        algorithm_map(N, ablation, patching=patching.drop(columns=["net_flips_ci_low"]))

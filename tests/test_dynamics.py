@@ -95,7 +95,7 @@ def test_phase_changes_per_digit_and_subtask_changes():
     a1 = changes[changes["answer_digit"] == "A1"].set_index("column")
     assert a1.loc["use_carry1_loss_d1", "log10_change"] < -2
     assert abs(a1.loc["base_add_loss_d0", "log10_change"]) < 0.3
-    assert a1.loc["use_carry1_loss_d1", "subtask"] == "use_carry1" and a1.loc["use_carry1_loss_d1", "digit"] == "D1"
+    assert a1.loc["use_carry1_loss_d1", "subtask"] == "use_carry1" and a1.loc["use_carry1_loss_d1", "digit"] == "A1"
     assert np.isnan(a1.loc["use_sum9_loss_d0", "log10_change"])
     assert a1.loc["use_sum9_one_loss", "digit"] == "all" and a1.loc["use_sum9_one_loss", "log10_change"] == 0
 

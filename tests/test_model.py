@@ -5,11 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 import transformer_lens.patching as patching
+from transformer_lens.model_bridge import TransformerBridge
 
 from arithlens.config import ModelConfig
 from arithlens.errors import ConfigError
 from arithlens.metrics import token_losses
-from arithlens.model import AnswerForward, answer_logits, build_model, predicted_digits, resolve_device
+from arithlens.model import (
+    AdditionTokenizer,
+    AnswerForward,
+    answer_logits,
+    bridge_config,
+    build_model,
+    predicted_digits,
+    resolve_device,
+)
 from arithlens.task import AdditionTask
 
 GOLDEN_HOOKS_1_LAYER = sorted([
@@ -128,3 +137,65 @@ def test_seed_initialisation_matches_the_seed_notebook() -> None:
     assert all(weights[name].abs().max() == 0 for name in weights if name.endswith(".bias"))
     other = build_model(ModelConfig(d_model=256, d_mlp=1024, n_heads=4, init="transformerlens")).state_dict()
     assert other["unembed.weight"].std().item() < 0.1
+
+
+def test_tokenizer_round_trip_without_bos() -> None:
+    model = build_model(ModelConfig(**TINY))
+    task = AdditionTask(3)
+    assert model.to_tokens("123+456=").tolist() == [[1, 2, 3, 10, 4, 5, 6, 11]]  # no BOS, no EOS
+    questions = ["123+456=", "999+001="]
+    assert torch.equal(model.to_tokens(questions), task.encode(questions)[:, : task.question_len])
+    assert model.to_str_tokens("123+456=") == list("123+456=")
+    full = task.encode("123+456=")
+    assert model.to_str_tokens(full[0]) == list("123+456=0579")
+    assert model.to_string(full[0]) == "123+456=0579"
+    assert model.to_string(full) == ["123+456=0579"]
+    assert model.to_single_token("=") == 11
+    assert model.to_tokens(" 12 3+456 =").tolist() == [[1, 2, 3, 10, 4, 5, 6, 11]]  # whitespace is ignored
+
+
+def test_tokenizer_rejects_unknown_characters() -> None:
+    with pytest.raises(ValueError, match="0-9"):
+        AdditionTokenizer()("12*3")
+
+
+def test_tokenizer_changes_no_weight_or_logit() -> None:
+    config = ModelConfig(**TINY)
+    model = build_model(config)
+    bare = TransformerBridge.boot_native(bridge_config(config), device="cpu")
+    bare.load_state_dict(model.state_dict())
+    bare.eval()
+    assert bare.tokenizer is None and isinstance(model.tokenizer, AdditionTokenizer)
+    assert model.state_dict().keys() == bare.state_dict().keys()
+    assert model.cfg.d_vocab == bare.cfg.d_vocab == 12
+    tokens = AdditionTask(3).generate(16, torch.Generator().manual_seed(0)).tokens
+    assert torch.equal(model(tokens), bare(tokens))
+    assert torch.equal(model("123+456="), bare(model.to_tokens("123+456=")))
+
+
+def test_transformerlens_generate_matches_greedy_answers() -> None:
+    from analysis_fixtures import trained_one_digit_model
+    from arithlens.inference import predict
+
+    model = trained_one_digit_model()
+    questions = ["7+8=", "0+0=", "9+9=", "4+5="]
+    assert model.generate("7+8=", max_new_tokens=2, do_sample=False) == "7+8=15"
+    assert model.generate(questions, max_new_tokens=2, do_sample=False) == predict(model, questions)
+    tokens = model.to_tokens("3+4=")
+    assert model.generate(tokens, max_new_tokens=2, do_sample=False).tolist() == [[3, 10, 4, 11, 0, 7]]
+
+
+def test_answer_loss_is_the_training_loss_not_transformerlens_loss() -> None:
+    from arithlens.inference import answer_loss
+
+    model = build_model(ModelConfig(**TINY))
+    task = AdditionTask(3)
+    tokens = task.generate(16, torch.Generator().manual_seed(0)).tokens
+    per_digit = token_losses(answer_logits(model, tokens), tokens[:, task.question_len :])
+    torch.testing.assert_close(answer_loss(model, tokens), per_digit.mean())
+    torch.testing.assert_close(answer_loss(model, tokens, per_digit=True), per_digit)
+    assert answer_loss(model, tokens).dtype == torch.float64
+    questions = task.questions(task.batch_from_tokens(tokens))
+    torch.testing.assert_close(answer_loss(model, questions), per_digit.mean())  # strings get the true answer
+    # TransformerLens's own loss averages over every position, question digits included
+    assert abs(float(model(tokens, return_type="loss")) - float(per_digit.mean())) > 1e-3

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from analysis_fixtures import all_questions, tiny_model, trained_one_digit_model
-from arithlens.analysis.ablation import node_ablation
+from arithlens.analysis.ablation import node_ablation, position_ablation
 from arithlens.analysis.nodes import Node, _breaks, node_name, nodes_table, parse_node_name, useful_nodes, useful_positions
 from arithlens.errors import ArithlensError
 
@@ -38,10 +41,17 @@ def test_useful_positions_and_nodes_of_a_trained_adder() -> None:
     model = trained_one_digit_model()
     batch = all_questions(1)
     positions = useful_positions(model, batch)
-    # the published structure in miniature: the token before each answer digit computes it, nothing else matters
-    assert list(positions.position) == [3, 4]
-    assert list(positions.position_name) == ["=", "A1"]
-    assert list(positions.impacts) == ["A1", "A0"]
+    assert list(positions.columns) == ["site", "position", "position_name", "impacts", "failure_rate",
+                                       "max_loss_delta"]
+    # the published structure in miniature: the token before each answer digit computes it ...
+    outputs = positions[positions.site == "attention+mlp output"]
+    assert list(outputs.position) == [3, 4]
+    assert list(outputs.position_name) == ["=", "A1"]
+    assert list(outputs.impacts) == ["A1", "A0"]
+    # ... from the operand digits, whose inputs both answer digits read (their resid_post nothing does)
+    inputs = positions[positions.site == "input"].set_index("position_name")
+    assert {"D0", "D'0"} <= set(inputs.index) and "+" not in inputs.index
+    assert inputs.loc["D0", "impacts"] == inputs.loc["D'0", "impacts"] == "A1,A0"
     assert (positions.failure_rate > 0.3).all()
 
     ablation = node_ablation(model, batch)
@@ -67,6 +77,12 @@ def test_useful_positions_and_nodes_of_a_trained_adder() -> None:
                                    "failure_rate", "attends_to"]
     assert list(table.node) == [node.name for node in nodes]
     assert nodes_table([]).empty
+    recorded = nodes_table(nodes, ablation=ablation)
+    assert list(recorded.columns) == [*table.columns, "method", "reference"]
+    assert set(recorded.reference) == {"1,000 uniformly random questions (seed 1)"}
+    assert useful_positions(model, batch, ablation=position_ablation(model, batch)).equals(positions)
+    with pytest.raises(ArithlensError, match="site"):
+        useful_positions(model, batch, ablation=position_ablation(model, batch).drop(columns="site"))
 
 
 def test_untrained_model_and_bad_threshold() -> None:
@@ -77,3 +93,48 @@ def test_untrained_model_and_bad_threshold() -> None:
         useful_positions(model, batch, threshold=1.5)
     with pytest.raises(ArithlensError, match="threshold"):
         useful_nodes(model, batch, threshold=-0.1)
+
+
+ANALYSIS = Path(__file__).resolve().parents[1] / "src" / "arithlens" / "analysis"
+
+
+def _analysis_imports(tree: ast.Module) -> list[tuple[str, bool]]:
+    """(imported arithlens.analysis module, whether the import sits inside a function) for a parsed module."""
+    found = []
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            inside |= {id(child) for child in ast.walk(node) if child is not node}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("arithlens.analysis"):
+            names = [node.module] if node.module != "arithlens.analysis" else [
+                f"arithlens.analysis.{alias.name}" for alias in node.names]
+            found += [(name, id(node) in inside) for name in names]
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, id(node) in inside) for alias in node.names
+                      if alias.name.startswith("arithlens.analysis")]
+    return found
+
+
+def test_analysis_imports_sit_at_the_top_and_form_no_cycle() -> None:
+    graph: dict[str, set[str]] = {}
+    for path in sorted(ANALYSIS.glob("*.py")):
+        module = "arithlens.analysis" + ("" if path.stem == "__init__" else f".{path.stem}")
+        imports = _analysis_imports(ast.parse(path.read_text(), filename=str(path)))
+        hidden = [name for name, in_function in imports if in_function]
+        assert not hidden, f"{path.name} imports {hidden} inside a function (a sign of an import cycle)"
+        graph[module] = {name for name, _ in imports if name != module}
+    assert "arithlens.analysis.nodes" in graph and len(graph) > 5
+    state: dict[str, str] = {}
+
+    def visit(module: str, trail: list[str]) -> None:
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", "import cycle: " + " -> ".join([*trail, module])
+        state[module] = "open"
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, [*trail, module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        visit(module, [])

@@ -8,13 +8,16 @@ from transformer_lens import patching
 
 from arithlens import AdditionTask, ArithlensError, ModelConfig, build_model
 from arithlens.analysis.patching import (
+    DEFAULT_PAIRS,
     PAIR_KINDS,
     _metrics,
     activation_patching,
     make_patch_pairs,
     pair_kinds,
+    paired_difference_interval,
     patch_answer_digit,
     patch_sweep,
+    wilson_interval,
 )
 
 
@@ -127,7 +130,8 @@ def test_activation_patching_table():
     table = activation_patching(model, count=8)
     assert set(table.columns) == {"kind", "answer_digit", "component", "layer", "head", "position", "position_name",
                                   "node", "pairs", "clean_logit_diff", "corrupted_logit_diff", "patched_logit_diff",
-                                  "recovery", "flips", "clean_correct", "baseline_flips"}
+                                  "recovery", "flips", "clean_correct", "baseline_flips", "net_flips",
+                                  "flips_ci_low", "flips_ci_high", "net_flips_ci_low", "net_flips_ci_high"}
     assert len(table) == len(pair_kinds(3)) * 5  # 4 heads + 1 MLP at the predicting position
     assert set(table["kind"]) == set(PAIR_KINDS)
     a0 = table[table["answer_digit"] == "A0"]
@@ -160,3 +164,54 @@ def test_heads_that_write_nothing_have_no_patching_effect():
     assert len(heads) == 4
     assert heads["patched_logit_diff"].tolist() == pytest.approx(heads["corrupted_logit_diff"].tolist(), abs=1e-5)
     assert (heads["recovery"].abs() < 1e-4).all() or heads["recovery"].isna().all()
+
+
+def test_flips_are_reported_net_of_the_unpatched_baseline_with_intervals():
+    """A pair whose corrupted question already gives the clean digit is no evidence that the patch flipped it."""
+    model = tiny()
+    table = activation_patching(model, count=40, kinds=[("MakeCarry1", 1), ("BaseAdd", 0)])
+    torch.testing.assert_close(torch.tensor(table["net_flips"].to_numpy()),
+                               torch.tensor((table["flips"] - table["baseline_flips"]).to_numpy()))
+    assert (table["baseline_flips"] > 0).any()  # an untrained model's corrupted answers often "flip" unpatched
+    assert (table["flips_ci_low"] <= table["flips"]).all() and (table["flips"] <= table["flips_ci_high"]).all()
+    assert (table["net_flips_ci_low"] <= table["net_flips"]).all()
+    assert (table["net_flips"] <= table["net_flips_ci_high"]).all()
+    assert (table["net_flips_ci_low"] >= -1).all() and (table["net_flips_ci_high"] <= 1).all()
+    assert DEFAULT_PAIRS >= 200
+    assert activation_patching.__kwdefaults__["count"] == DEFAULT_PAIRS
+
+
+def interval(first, second):
+    return tuple(float(bound) for bound in paired_difference_interval(first, second))
+
+
+def test_confidence_intervals():
+    low, high = wilson_interval(torch.tensor([0.0, 10.0, 5.0]), 10)
+    assert low[0] == 0 and high[0] == pytest.approx(1.96**2 / (10 + 1.96**2), abs=1e-4)  # 0 of 10
+    assert high[1] == 1 and low[1] == pytest.approx(10 / (10 + 1.96**2), abs=1e-4)
+    assert float(low[2] + high[2]) == pytest.approx(1.0) and 0.2 < low[2] < 0.25  # 5/10: about 0.237 .. 0.763
+    patched = torch.tensor([1.0] * 30 + [0.0] * 70)
+    same = interval(patched, patched)  # the patch changes no pair
+    assert same[0] < 0 < same[1] and same[0] == pytest.approx(-same[1])
+    both = torch.tensor([1.0] * 46 + [0.0] * 54)
+    flips = torch.tensor([1.0] * 54 + [0.0] * 46)
+    more = interval(flips, both)  # 8 pairs flip only with the patch, none only without: a real effect
+    assert 0 < more[0] < 0.08 < more[1]
+    assert interval(both, flips) == pytest.approx((-more[1], -more[0]))
+    swapped = interval(flips, torch.tensor([0.0] * 54 + [1.0] * 46))
+    assert swapped[0] < 0 < swapped[1]  # 54% vs 46% of pairs, every pair swapped: no evidence at all
+    low, high = paired_difference_interval(torch.stack([flips, both]), torch.stack([both, both]))  # [rows, pairs]
+    assert (float(low[0]), float(high[0])) == pytest.approx(more) and low[1] < 0 < high[1]
+
+
+def test_report_patching_grids_draw_net_flips():
+    from arithlens.report import ANALYSIS_PARTS
+
+    table = activation_patching(tiny(), count=40, kinds=[("MakeCarry1", 1)])
+    make = next(make for key, _, _, parts in ANALYSIS_PARTS if key == "patching"
+                for _, name, make in parts if name == "patching")
+    figures = make(table, {}, 3, 1, 4)
+    assert [fig.layout.coloraxis.colorbar.title.text for fig in figures] == ["recovery", "net_flips"]
+    drawn = sorted(float(v) for row in figures[1].data[0].z for v in row)
+    assert drawn == pytest.approx(sorted(table["net_flips"].round(4)), abs=1e-9)
+    assert "95% CI" in figures[1].data[0].hovertemplate and "40 pairs per kind" in figures[1].layout.title.text

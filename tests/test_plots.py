@@ -74,9 +74,10 @@ def test_training_figures_cover_every_seed_graph(metrics: pd.DataFrame) -> None:
     assert "(Log scale) (Training) Loss Curves for 3 digit addition (Infinite)" in names
     assert "Per-digit (Log scale) (Training) Loss Curves for 3 digit addition (Infinite)" in names
     for digit in range(3):
-        assert f"Loss for BaseAdd, UseCarry1 & UseSum9 Tasks for digit {digit} (Infinite) (Training)" in names
-        assert f"Log Loss for BaseAdd, UseCarry1 & UseSum9 Tasks for digit {digit} (Infinite) (Training)" in names
-        assert f"Loss for BaseAdd & UseCarry1 Tasks for digit {digit} (Infinite) (Training)" in names
+        assert f"Loss for BaseAdd, UseCarry1 & UseSum9 Tasks for answer digit A{digit} (Infinite) (Training)" in names
+        assert (f"Log Loss for BaseAdd, UseCarry1 & UseSum9 Tasks for answer digit A{digit} (Infinite) (Training)"
+                in names)
+        assert f"Loss for BaseAdd & UseCarry1 Tasks for answer digit A{digit} (Infinite) (Training)" in names
     log_figures = [fig for name, (_, fig) in zip(names, figures) if "Log" in name]
     assert log_figures and all(fig.layout.yaxis.type == "log" for fig in log_figures)
 
@@ -137,8 +138,8 @@ def test_phase_bands_become_shapes(metrics: pd.DataFrame) -> None:
     assert [(s.x0, s.x1) for s in fig.layout.shapes] == [(10, 20), (40, 60)]
 
 
-def test_heatmaps_use_position_names_and_a_centred_diverging_scale() -> None:
-    names = AdditionTask(2).position_names()
+def test_heatmaps_use_position_labels_and_a_centred_diverging_scale() -> None:
+    names = AdditionTask(2).position_labels()
     rows = []
     for position in range(len(names)):
         for head in (-1, 0, 1):
@@ -152,4 +153,4 @@ def test_heatmaps_use_position_names_and_a_centred_diverging_scale() -> None:
     assert list(fig.data[0].y) == names
     assert list(fig.data[0].x) == ["L0H0", "L0H1", "L0M"]
     z = np.asarray(fig.data[1].z, dtype=float)
-    assert z[names.index("=")].tolist() == pytest.approx([-0.05] * 3)
+    assert z[names.index("P5 (→A2)")].tolist() == pytest.approx([-0.05] * 3)  # "=" at P5 predicts A2

@@ -5,6 +5,7 @@ The README's "published / arithlens / command" table gives the full-size measure
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -64,17 +65,31 @@ def test_claim3_the_two_layer_model_gets_random_questions_and_cascades_right(mod
 
 
 def test_claim4_each_answer_digit_is_computed_at_the_token_before_it(model) -> None:
+    """Where the computation happens, not where it is read: ablating a position's `resid_post` cannot fail
+    in one layer (only that position's unembedding reads it), so the claim is measured on the attention and
+    MLP outputs at each position and, separately, on each position's input."""
     batch = AdditionTask(5).generate(2000, torch.Generator().manual_seed(5))
     effects = position_ablation(model, batch)
     per_digit = effects[effects["answer_digit"] != "all"]
+
+    def drops(site: str, position: int) -> pd.Series:
+        rows = per_digit[(per_digit["site"] == site) & (per_digit["position"] == position)]
+        return rows.set_index("answer_digit")["accuracy_delta"]
+
     for position in range(18):
-        drops = per_digit[per_digit["position"] == position].set_index("answer_digit")["accuracy_delta"]
+        computed = drops("attention+mlp output", position)
         if 11 <= position <= 16:
             own = f"A{16 - position}"  # P16 computes A0, P15 A1, ..., P11 A5
-            assert drops[own] < -0.3, (position, drops.to_dict())
-            assert (drops.drop(own) > -0.02).all(), (position, drops.to_dict())
-        else:  # positions 0-10 and 17 change nothing
-            assert (drops.abs() < 1e-9).all(), (position, drops.to_dict())
+            assert computed[own] < -0.3, (position, computed.to_dict())
+            assert (computed.drop(own) > -0.02).all(), (position, computed.to_dict())
+        else:  # positions 0-10 and 17 compute no answer digit
+            assert (computed.abs() < 1e-9).all(), (position, computed.to_dict())
+    for digit in range(5):  # the inputs: digit pair d feeds A_d, and A_{d+1} through the carry, and nothing below
+        for position in (4 - digit, 10 - digit):  # D_d, D'_d
+            read = drops("input", position)
+            assert read[f"A{digit}"] < -0.5, (position, read.to_dict())
+            assert read[f"A{digit + 1}"] < -0.1, (position, read.to_dict())
+            assert all(read[f"A{lower}"] > -0.02 for lower in range(digit)), (position, read.to_dict())
 
 
 def test_bundled_model_loads_by_name_on_every_command() -> None:

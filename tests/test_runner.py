@@ -63,7 +63,7 @@ def test_every_file_is_written_with_its_documented_columns(analysed):
     folder, tables = analysed
     written = sorted(p.name for p in (folder / "analysis").iterdir())
     documented = documented_columns()
-    assert len(documented) == 18
+    assert len(documented) == 19
     assert written == sorted([*documented, "summary.json"])
     for name, columns in documented.items():
         frame = pd.read_parquet(folder / "analysis" / name)
@@ -130,7 +130,7 @@ def test_a_run_without_metrics_still_gets_every_file(tmp_path):
     folder = make_run(tmp_path / "bare", with_metrics=False)
     tables = analyze_run(folder, **{**SMALL, "progress": True})
     assert tables["phases"].empty and tables["checkpoint_nodes"].empty and tables["subtask_changes"].empty
-    assert len(list((folder / "analysis").glob("*.parquet"))) == 18
+    assert len(list((folder / "analysis").glob("*.parquet"))) == 19
 
 
 def test_bad_input(tmp_path):

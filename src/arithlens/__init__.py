@@ -5,7 +5,7 @@ The public API:
     ModelConfig, TrainConfig, RunConfig                      -- frozen, validated configs
     build_model, load_model, load_run                        -- TransformerLens TransformerBridge models, run folders
     train, resume                                            -- training into a run folder
-    predict                                                  -- greedy answers
+    predict, answer_loss                                     -- greedy answers; the training (answer-only) loss
 
 Heavy modules (TransformerLens) load on first use, so `arithlens --help` and
 config errors stay fast.
@@ -29,6 +29,7 @@ _LAZY = {
     "train": "arithlens.training",
     "resume": "arithlens.training",
     "predict": "arithlens.inference",
+    "answer_loss": "arithlens.inference",
 }
 
 

@@ -140,6 +140,8 @@ def _warmup(text: str | None) -> dict[str, Any]:
         return {}
     value = text.strip()
     try:
+        if not value.isascii():  # int() and float() also read other scripts' digits
+            raise ValueError(value)
         if value.endswith("%"):
             return {"warmup_fraction": float(value[:-1]) / 100}
         if value.isdigit():
@@ -157,6 +159,8 @@ def _betas(text: str | None) -> tuple[float, float] | None:
     if text is None:
         return None
     try:
+        if not text.isascii():  # float() also reads other scripts' digits
+            raise ValueError(text)
         first, second = (float(part) for part in text.split(","))
     except ValueError:
         raise ArithlensError(f"--betas must be two numbers such as 0.9,0.98, got {text!r}") from None
@@ -191,15 +195,75 @@ def _train_or_resume(options: dict[str, Any]) -> Path:
     config = _run_config(options)
     progress = not options["no_progress"]
     if options["resume"] is not None:
+        _check_resume_flags(options, config)
         run = resume(options["resume"], steps=config.train.steps if _steps_given() else None, progress=progress)
     else:
+        if _empty_out_given():
+            raise ArithlensError("--out is empty; name the run folder to create (or leave --out out for runs/NAME)")
         run = train(config, options["out"] or _default_out(), force=options["force"], progress=progress,
                     command=_command_line())
     return run.path
 
 
+def _empty_out_given() -> bool:
+    """`--out ""` reaches us as Path("."), the current folder; nobody means that by an empty name."""
+    argv = sys.argv[1:]
+    return "--out=" in argv or any(arg == "--out" and i + 1 < len(argv) and not argv[i + 1].strip()
+                                   for i, arg in enumerate(argv))
+
+
 def _steps_given() -> bool:
     return any(arg == "--steps" or arg.startswith("--steps=") for arg in sys.argv)
+
+
+# The config field each training flag sets, for --resume's check.
+_RESUME_FIELDS = {
+    "digits": ("model", "n_digits"), "layers": ("model", "n_layers"), "heads": ("model", "n_heads"),
+    "d_model": ("model", "d_model"), "d_mlp": ("model", "d_mlp"), "norm": ("model", "normalization"),
+    "act": ("model", "act_fn"), "seed": ("model", "seed"), "recipe": ("train", "recipe"),
+    "batch_size": ("train", "batch_size"), "lr": ("train", "lr"), "schedule": ("train", "schedule"),
+    "warmup_steps": ("train", "warmup_steps"), "warmup_start": ("train", "warmup_start"),
+    "min_lr": ("train", "min_lr"), "grad_clip": ("train", "grad_clip"), "betas": ("train", "betas"),
+    "weight_decay": ("train", "weight_decay"), "finite": ("train", "finite"), "enrich": ("train", "enrich_fraction"),
+    "checkpoint_every": ("train", "checkpoint_every"), "eval_every": ("train", "eval_every"),
+    "eval_count": ("train", "eval_count"), "until_accuracy": ("train", "until_accuracy"),
+    "device": ("train", "device"),
+}
+
+
+def _given(name: str) -> bool:
+    """Whether the user typed the training option `name` (a parameter name such as "d_model": --d-model)."""
+    flag = "--" + name.replace("_", "-")
+    return any(arg == flag or arg.startswith(flag + "=") for arg in sys.argv[1:])
+
+
+def _check_resume_flags(options: dict[str, Any], config: RunConfig) -> None:
+    """--resume keeps the run's own settings, so a flag asking for other ones is refused, not silently ignored.
+
+    A flag repeating the run's value (the original command with --resume added) is fine; only --steps may change.
+    """
+    from arithlens.runs import load_run
+
+    run = load_run(options["resume"])
+    ignored = []
+    for name, (section, field) in _RESUME_FIELDS.items():
+        if not _given(name):
+            continue
+        wanted = getattr(getattr(config, section), field)
+        stored = getattr(getattr(run.config, section), field)
+        share = _warmup(options["warmup_steps"]).get("warmup_fraction") if name == "warmup_steps" else None
+        if share is not None:  # a share of the run's own steps
+            wanted = round(share * run.config.train.steps)
+        if wanted != stored:
+            ignored.append(f"--{name.replace('_', '-')} {options[name]} (the run has {stored})")
+    if options["force"]:
+        ignored.append("--force (a resumed run keeps its files)")
+    if _given("out") and options["out"].resolve() != run.path.resolve():
+        ignored.append(f"--out {options['out']} (the run is in {run.path})")
+    if ignored:
+        raise ArithlensError(f"--resume continues {run.path} with the settings it was started with, so it would "
+                             f"ignore {'; '.join(ignored)}: drop them (only --steps may change), or start a new run "
+                             f"with --out")
 
 
 def _print_training_summary(run_path: Path) -> None:
@@ -232,7 +296,10 @@ def run(
     count: Annotated[int, typer.Option("--count", help="Questions per analysis.")] = 10_000,
 ) -> None:
     """The main job: train, analyse every experiment, and write report.html."""
+    from arithlens.analysis.runner import check_analysis_settings
+
     started = time.perf_counter()
+    check_analysis_settings(count=count)  # a bad --count fails now, not after the training
     path = _train_or_resume(options)
     _print_training_summary(path)
     summary = _analyze(path, count, not options["no_progress"])
@@ -241,18 +308,18 @@ def run(
     console.print(f"[bold]report[/bold] {report_path}  (whole job {time.perf_counter() - started:.0f} s)")
 
 
-def _analyze(path: Path, count: int, progress: bool) -> dict:
-    from arithlens.analysis.runner import analyze_run
+def _analyze(path: Path, count: int, progress: bool, out: Path | None = None) -> dict:
+    from arithlens.analysis.runner import SUMMARY_FILE, analysis_folder, analyze_run
 
-    analyze_run(path, count=count, progress=progress)
-    summary_path = path / "analysis" / "summary.json"
+    analyze_run(path, out=out, count=count, progress=progress)
+    summary_path = analysis_folder(path, out) / SUMMARY_FILE
     return json.loads(summary_path.read_text()) if summary_path.is_file() else {}
 
 
-def _report(path: Path, out: Path | None = None) -> Path:
+def _report(path: Path, out: Path | None = None, analysis: Path | None = None) -> Path:
     from arithlens.report import build_report
 
-    return build_report(path, out)
+    return build_report(path, out, analysis)
 
 
 def _print_analysis_summary(summary: dict) -> None:
@@ -276,18 +343,29 @@ def _print_analysis_summary(summary: dict) -> None:
 
 @app.command()
 def analyze(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    run_dir: Annotated[str, typer.Argument(help="A run folder or bundled model name.")],
     count: Annotated[int, typer.Option("--count", help="Questions per analysis.")] = 10_000,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Write the analysis folder here (default RUN_DIR/analysis; ./NAME-analysis for a bundled model).",
+    )] = None,
     no_progress: NoProgress = False,
 ) -> None:
     """Run every analysis on a run and write RUN_DIR/analysis/ (tables + summary.json)."""
-    from arithlens.runs import load_run, require_finished_model
+    from arithlens.analysis.runner import analysis_folder, check_analysis_settings
+    from arithlens.runs import is_bundled, load_run, require_finished_model
 
+    check_analysis_settings(count=count)
     path = load_run(run_dir).path
     require_finished_model(path)
-    summary = _analyze(path, count, not no_progress)
+    bundled = is_bundled(path)
+    if out is None and bundled:
+        out = Path(f"{path.name}-analysis")  # the installed package keeps its shipped analysis untouched
+    target = analysis_folder(path, out)  # refuses a folder it must not replace, before the work
+    summary = _analyze(path, count, not no_progress, out)
     _print_analysis_summary(summary)
-    console.print(f"analysis written to {path / 'analysis'}")
+    console.print(f"analysis written to {target}")
+    if out is not None:
+        console.print(f"draw it with: arithlens report {run_dir if bundled else path} --analysis {target}")
 
 
 @app.command()
@@ -296,16 +374,19 @@ def report(
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Write the page here (default RUN_DIR/report.html; NAME-report.html here for a bundled model).",
     )] = None,
+    analysis: Annotated[Optional[Path], typer.Option(
+        "--analysis", help="Draw this analysis folder (from analyze --out) instead of RUN_DIR/analysis.",
+    )] = None,
 ) -> None:
     """(Re)build RUN_DIR/report.html, an offline page with every figure."""
-    from arithlens.runs import bundled_models_dir, load_run
+    from arithlens.runs import is_bundled, load_run
 
     path = load_run(run_dir).path
-    if out is None and path.resolve().parent == bundled_models_dir().resolve():
+    if out is None and is_bundled(path):
         out = Path(f"{path.name}-report.html")  # the installed package keeps its shipped report untouched
     if out is not None and not out.parent.is_dir():
         raise ArithlensError(f"cannot write {out}: folder {out.parent} does not exist")
-    console.print(f"report written to {_report(path, out)}")
+    console.print(f"report written to {_report(path, out, analysis)}")
 
 
 @app.command()
@@ -320,20 +401,46 @@ def data(
     """Write labelled questions, one JSON object per line (per-digit lists are units-first)."""
     import torch
 
-    from arithlens.datasets import batch_records
+    from arithlens.datasets import jsonl_chunks
     from arithlens.task import AdditionTask
+
+    from arithlens.config import check_seed, question_bytes, require_memory
 
     if output_format != "jsonl":
         raise ArithlensError(f"unknown --format {output_format!r}: only jsonl is supported")
     if count < 1:
         raise ArithlensError(f"--count must be at least 1, got {count}")
+    check_seed(seed, "--seed")
     task = AdditionTask(digits)
+    require_memory({"the questions (--count)": count * question_bytes(digits)})
+    if output is not None:
+        _check_output_file(output)
     batch = task.generate(count, torch.Generator().manual_seed(seed), enrich_fraction=enrich)
-    lines = "".join(json.dumps(record) + "\n" for record in batch_records(task, batch))
     if output is None:
-        sys.stdout.write(lines)
-    else:
-        output.write_text(lines)
+        for lines in jsonl_chunks(task, batch):
+            sys.stdout.write(lines)
+        return
+    special = output.exists() and not output.is_file()  # /dev/stdout, a FIFO: written as it is, never replaced
+    target = output if special else output.resolve()  # through a symlink, which stays a symlink
+    tmp = target if special else target.with_name(f".{target.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for lines in jsonl_chunks(task, batch):
+                handle.write(lines)
+        if not special:
+            tmp.replace(target)  # whole or not at all: an earlier file stays until the new one is complete
+    except OSError as error:
+        if not special:
+            tmp.unlink(missing_ok=True)
+        raise ArithlensError(f"cannot write --output {output}: {error.strerror or error}") from None
+
+
+def _check_output_file(output: Path) -> None:
+    """An output file path that can be written: not a folder, in a folder that exists."""
+    if output.is_dir():
+        raise ArithlensError(f"--output {output} is a folder; give a file name such as {output / 'questions.jsonl'}")
+    if not output.parent.is_dir():
+        raise ArithlensError(f"cannot write --output {output}: folder {output.parent} is missing")
 
 
 @app.command()
@@ -348,13 +455,27 @@ def predict(
 
     texts = list(questions or [])
     if file is not None:
-        if not file.is_file():
-            raise ArithlensError(f"no such file {file}")
-        texts += [line.strip() for line in file.read_text().splitlines() if line.strip()]
+        texts += _question_lines(file)
     if not texts:
         raise ArithlensError("give questions as arguments or --file F (e.g. arithlens predict 12345+67890=)")
     for line in predict_answers(load_model(model), texts):
         print(line)
+
+
+def _question_lines(file: Path) -> list[str]:
+    """The questions of a --file: UTF-8 text (a BOM is fine), one per line, blank lines skipped."""
+    if file.is_dir():
+        raise ArithlensError(f"--file {file} is a folder; give a text file with one question per line")
+    if not file.is_file():
+        raise ArithlensError(f"no such file {file}")
+    try:
+        text = file.read_bytes().decode("utf-8-sig")
+    except OSError as error:
+        raise ArithlensError(f"cannot read --file {file}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ArithlensError(f"--file {file} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
+                             f"offset {error.start}); give a text file with one question per line") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 @app.command("eval")
@@ -393,12 +514,17 @@ def evaluate(
     from arithlens.runs import load_model
     from arithlens.task import AdditionTask
 
+    from arithlens.config import check_seed, question_bytes, require_memory
+
     if count < 1:
         raise ArithlensError(f"--count must be at least 1, got {count}")
+    check_seed(seed, "--seed")
     if every and question_set != "random":
         raise ArithlensError(f"--all checks every question, so it takes no --set; drop --set {question_set}")
     loaded = load_model(model)
     n_digits = model_config_of(loaded).n_digits
+    if not every:  # every question is kept with its answer and loss until the table is made
+        require_memory({"the questions (--count)": count * (question_bytes(n_digits) + 16 * (n_digits + 1))})
     if every and n_digits > EXHAUSTIVE_MAX_DIGITS:
         raise ArithlensError(
             f"eval --all checks every question, and a {n_digits}-digit model has "
@@ -468,6 +594,20 @@ def models() -> None:
     Console(width=max(console.width, 120)).print(table)
 
 
+def _environment_error(error: Exception) -> str | None:
+    """One line for what the machine, not arithlens, refused: memory that cannot be had, a file that cannot be
+    read or written. Commands check what they can up front; this is the net under those checks."""
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and any(
+            words in first_line.lower() for words in ("out of memory", "can't allocate memory", "not enough memory"))):
+        return (f"out of memory ({first_line[:200]}); lower what sizes the work: --count, --steps, --batch-size, "
+                f"--finite, --eval-count, --d-model, --d-mlp or --layers")
+    if isinstance(error, OSError):
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror or first_line}{where}"
+    return None
+
+
 def main() -> None:
     """Entry point: run the app, turning user mistakes into one line and exit code 2."""
     try:
@@ -491,7 +631,11 @@ def main() -> None:
         if callable(format_message) and isinstance(exit_code, int):
             err_console.print(f"error: {format_message()}", markup=False, highlight=False, soft_wrap=True)
             raise SystemExit(exit_code) from None
-        raise
+        line = _environment_error(error)
+        if line is None:
+            raise
+        err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
     if isinstance(code, int) and code != 0:  # typer returns, not raises, the exit code of a Ctrl-C
         if code == 130:
             err_console.print("interrupted", markup=False, highlight=False)

@@ -21,6 +21,16 @@ from arithlens.errors import ConfigError
 from arithlens.task import D_VOCAB, MAX_DIGITS
 
 DEFAULT_SEED = 129000
+# torch seeds are 64-bit; every seed arithlens takes is 0 .. MAX_SEED (the trainer also draws from seed + 1).
+MAX_SEED = 2**63 - 1
+# Sizes past these are typos, not experiments: a model this large takes longer to build than to notice,
+# and far longer than anything arithlens is for. What fits in memory is checked separately (`require_memory`).
+MAX_LAYERS = 256
+MAX_WIDTH = 2**16  # d_model and d_head
+MAX_MLP_WIDTH = 2**20
+MAX_PARAMETERS = 2**31
+MAX_STEPS = 10**9
+MAX_QUESTIONS = 10**9  # batch_size, finite and eval_count
 ACT_FNS = ("relu", "gelu", "gelu_new", "silu")
 NORMALIZATIONS = ("LN", "RMS", "LNPre", "RMSPre")
 # "seed": the seed notebook's N(0, 1/d_model) weights and N(0, 1/d_vocab) unembedding, which learn
@@ -49,9 +59,19 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def _require_int(name: str, value: Any, minimum: int, hint: str = "") -> None:
+def _require_int(name: str, value: Any, minimum: int, hint: str = "", maximum: int | None = None,
+                 flag: str = "") -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}{hint}")
+    if maximum is not None and value > maximum:
+        lower = f" (lower {flag})" if flag else ""
+        raise ConfigError(f"{name} must be at most {maximum:,}, got {value:,}{lower}")
+
+
+def check_seed(value: Any, name: str = "seed") -> None:
+    """A seed torch can take: an integer from 0 to MAX_SEED (`name` is what the user typed, e.g. --seed)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{name} must be an integer from 0 to {MAX_SEED}, got {value!r}")
 
 
 def _is_number(value: Any) -> bool:
@@ -82,11 +102,11 @@ class ModelConfig:
         _require_int("n_digits", self.n_digits, 1, " (use --digits 1 or more)")
         if self.n_digits > MAX_DIGITS:
             raise ConfigError(f"n_digits must be at most {MAX_DIGITS}, got {self.n_digits}")
-        _require_int("n_layers", self.n_layers, 1, " (use --layers 1 or more)")
-        _require_int("d_model", self.d_model, 1)
-        _require_int("n_heads", self.n_heads, 1, " (use --heads 1 or more)")
-        _require_int("d_mlp", self.d_mlp, 1)
-        _require_int("seed", self.seed, 0)
+        _require_int("n_layers", self.n_layers, 1, " (use --layers 1 or more)", MAX_LAYERS, "--layers")
+        _require_int("d_model", self.d_model, 1, "", MAX_WIDTH, "--d-model")
+        _require_int("n_heads", self.n_heads, 1, " (use --heads 1 or more)", MAX_WIDTH, "--heads")
+        _require_int("d_mlp", self.d_mlp, 1, "", MAX_MLP_WIDTH, "--d-mlp")
+        check_seed(self.seed)
         if self.d_head is None:
             if self.d_model % self.n_heads != 0:
                 raise ConfigError(
@@ -94,7 +114,10 @@ class ModelConfig:
                     f"pick e.g. d_model {self.n_heads * max(1, self.d_model // self.n_heads)} or set d_head"
                 )
             object.__setattr__(self, "d_head", self.d_model // self.n_heads)
-        _require_int("d_head", self.d_head, 1)
+        _require_int("d_head", self.d_head, 1, "", MAX_WIDTH)
+        if self.parameter_count() > MAX_PARAMETERS:
+            raise ConfigError(f"the model would have about {self.parameter_count():,} parameters, more than the "
+                              f"{MAX_PARAMETERS:,} arithlens supports; lower --d-model, --d-mlp or --layers")
         if self.act_fn not in ACT_FNS:
             raise ConfigError(f"act_fn must be one of {', '.join(ACT_FNS)}, got {self.act_fn!r}")
         if self.init not in INITS:
@@ -107,6 +130,12 @@ class ModelConfig:
     @property
     def n_ctx(self) -> int:
         return 3 * self.n_digits + 3
+
+    def parameter_count(self) -> int:
+        """The number of weights (within a few LayerNorm scales): embeddings, attention, MLP, unembedding."""
+        d, attn = self.d_model, self.n_heads * (self.d_head or 0)
+        per_layer = 4 * d * attn + 3 * attn + 2 * d * self.d_mlp + self.d_mlp + 2 * d + 4 * d
+        return (2 * D_VOCAB + self.n_ctx) * d + D_VOCAB + self.n_layers * per_layer + 2 * d
 
     @property
     def d_vocab(self) -> int:
@@ -147,14 +176,17 @@ class TrainConfig:
     until_accuracy: float | None = None
 
     def __post_init__(self) -> None:
-        _require_int("steps", self.steps, 1, " (use --steps 1 or more)")
-        _require_int("batch_size", self.batch_size, 1, " (use --batch-size 1 or more)")
+        _require_int("steps", self.steps, 1, " (use --steps 1 or more)", MAX_STEPS, "--steps")
+        _require_int("batch_size", self.batch_size, 1, " (use --batch-size 1 or more)", MAX_QUESTIONS,
+                     "--batch-size")
         if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1:
             raise ConfigError(f"lr must be a number in (0, 1), got {self.lr!r}")
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.betas, (list, tuple)):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         betas = tuple(self.betas)
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        if len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
         _require_int("warmup_steps", self.warmup_steps, 0)
@@ -165,19 +197,21 @@ class TrainConfig:
             raise ConfigError(f"min_lr must be a number from 0 to lr ({self.lr}), got {self.min_lr!r}")
         if self.grad_clip is not None and (not _is_number(self.grad_clip) or not 0 < self.grad_clip < math.inf):
             raise ConfigError(f"grad_clip must be a positive number (or None for no clipping), got {self.grad_clip!r}")
-        if self.recipe not in RECIPES:
+        if not isinstance(self.recipe, str) or self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}: use one of {', '.join(RECIPES)}")
-        _require_int("seed", self.seed, 0)
+        check_seed(self.seed)
         if self.finite is not None:
-            _require_int("finite", self.finite, 1, " (the fixed training set needs at least one question)")
+            _require_int("finite", self.finite, 1, " (the fixed training set needs at least one question)",
+                         MAX_QUESTIONS, "--finite")
         _require_fraction("enrich_fraction", self.enrich_fraction)
         _require_fraction("enrich_sum9_prob", self.enrich_sum9_prob)
         _require_int("checkpoint_every", self.checkpoint_every, 1, " (use --checkpoint-every 1 or more)")
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device must be a name such as 'cpu' or 'cuda', got {self.device!r}")
         _require_int("eval_every", self.eval_every, 0, " (0 turns held-out evaluation off)")
-        _require_int("eval_count", self.eval_count, 1, " (use --eval-count 1 or more)")
-        _require_int("eval_seed", self.eval_seed, 0)
+        _require_int("eval_count", self.eval_count, 1, " (use --eval-count 1 or more)", MAX_QUESTIONS,
+                     "--eval-count")
+        check_seed(self.eval_seed, "eval_seed")
         if self.until_accuracy is not None:
             if not _is_number(self.until_accuracy) or not 0 < self.until_accuracy <= 1:
                 raise ConfigError(f"until_accuracy must be a number in (0, 1], got {self.until_accuracy!r}")
@@ -236,7 +270,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = _known_fields(cls, data, "train")
-        if "betas" in known:
+        if isinstance(known.get("betas"), list):  # JSON has no tuples; anything else is refused by the checks
             known["betas"] = tuple(known["betas"])
         return cls(**known)
 
@@ -266,3 +300,86 @@ def _known_fields(cls: type, data: dict[str, Any], section: str) -> dict[str, An
     if unknown:
         raise ConfigError(f"unknown {section} config field(s): {', '.join(unknown)}")
     return dict(data)
+
+
+# ----- memory ------------------------------------------------------------------------------
+
+GIB = 2**30
+
+
+def available_memory(device: str = "cpu") -> int | None:
+    """Bytes that new allocations on `device` can still get (RAM for "cpu"), or None where unknown."""
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        import torch
+
+        try:
+            return int(torch.cuda.mem_get_info(torch.device(device))[0])
+        except (RuntimeError, AssertionError, ValueError):
+            return None
+    if kind != "cpu":
+        return None
+    free: list[int] = []
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):  # noqa: SIM115 - a tiny read
+            if line.startswith("MemAvailable:"):
+                free.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    try:  # a container's own limit (cgroup v2) can be far below the machine's
+        limit = open("/sys/fs/cgroup/memory.max", encoding="ascii").read().strip()  # noqa: SIM115
+        if limit.isdigit():
+            used = int(open("/sys/fs/cgroup/memory.current", encoding="ascii").read().strip())  # noqa: SIM115
+            free.append(max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return min(free) if free else None
+
+
+def require_memory(parts: dict[str, int], device: str = "cpu") -> None:
+    """Refuse work that would need more memory than `device` has free.
+
+    `parts` maps what needs memory, worded with the flag that sizes it
+    ("the metrics history (--steps)"), to rough bytes. A refusal names the
+    largest part, so the user knows which flag to lower; an allocation that
+    fails later anyway is turned into the same kind of one-line error by the CLI.
+    """
+    free = available_memory(device)
+    total = sum(parts.values())
+    if free is None or total <= free:
+        return
+    largest = max(parts, key=lambda name: parts[name])
+    raise ConfigError(f"this needs about {total / GIB:,.1f} GiB of memory on {device}, and {free / GIB:,.1f} GiB "
+                      f"is free; most of it is {largest}: lower it")
+
+
+def question_bytes(n_digits: int) -> int:
+    """Memory a generated question takes: tokens and every label tensor (int64), with room for a copy."""
+    return 2 * 8 * (3 * n_digits + 3 + 5 * n_digits + 2)
+
+
+def activation_bytes(config: ModelConfig) -> int:
+    """Rough memory one question's forward and backward pass keeps, over all layers."""
+    n_ctx, d, attn = config.n_ctx, config.d_model, config.n_heads * (config.d_head or 0)
+    per_layer = n_ctx * (6 * d + 4 * attn + 3 * config.d_mlp) + 3 * config.n_heads * n_ctx * n_ctx
+    return 2 * 4 * (config.n_layers * per_layer + 3 * n_ctx * D_VOCAB)
+
+
+def training_memory(config: RunConfig) -> dict[str, int]:
+    """Rough bytes training `config` needs, by what sizes them (see `require_memory`)."""
+    from arithlens.metrics import metric_names
+
+    model, train = config.model, config.train
+    n = model.n_digits
+    columns = len(metric_names(n, train.finite is not None, heldout=train.eval_every > 0))
+    per_question = question_bytes(n) + activation_bytes(model)
+    parts = {
+        "the model, its gradients and AdamW moments (--d-model, --d-mlp, --layers)": 4 * 4 * model.parameter_count(),
+        "the metrics history (--steps)": 8 * columns * train.steps,
+        "one training batch (--batch-size)": train.batch_size * per_question,
+    }
+    if train.finite is not None:
+        parts["the fixed training set, all of it in every step (--finite)"] = train.finite * per_question
+    if train.eval_every > 0:
+        parts["the held-out set (--eval-count)"] = train.eval_count * question_bytes(n)
+    return parts

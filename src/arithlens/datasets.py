@@ -6,6 +6,8 @@ category (BaseAdd / UseCarry1 / UseSum9) and cascade_depth.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
 
 from arithlens.task import AdditionBatch, AdditionTask, QuestionCategory
@@ -36,3 +38,11 @@ def batch_records(task: AdditionTask, batch: AdditionBatch) -> list[dict[str, An
         }
         for i in range(len(batch))
     ]
+
+
+def jsonl_chunks(task: AdditionTask, batch: AdditionBatch, chunk_size: int = 10_000) -> Iterator[str]:
+    """The records of `batch` as JSON lines, `chunk_size` questions per string: a large set is written
+    without ever holding all of its records in memory at once."""
+    for start in range(0, len(batch), chunk_size):
+        chunk = batch.select(slice(start, start + chunk_size))
+        yield "".join(json.dumps(record) + "\n" for record in batch_records(task, chunk))

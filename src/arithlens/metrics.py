@@ -2,7 +2,9 @@
 
 Definitions follow the seed notebook:
 - per digit d: BaseAdd = no carry into d; UseCarry1 = carry into d and not Sum9;
-  UseSum9 = carry into d and Sum9 (the three never overlap);
+  UseSum9 = carry into d and Sum9 (the three never overlap). Column
+  `{subtask}_loss_d{d}` is the loss of answer digit A_d on those questions, so
+  displays call it A{d} (`subtask_column_digit`); D{d} names the input digit of x;
 - BaseAdd-only: questions with no carry anywhere, mean loss over A(n-1)..A0;
 - UseCarry1-any: some carry and no UseSum9 anywhere, mean loss over all answer tokens;
 - UseSum9 one / two digits: exactly one / two UseSum9 columns, mean over all answer tokens.
@@ -14,7 +16,11 @@ only when it writes the metrics table.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from arithlens.heldout import heldout_metric_names
@@ -22,11 +28,18 @@ from arithlens.task import AdditionBatch
 
 PER_DIGIT_SUBTASKS = ("base_add", "use_carry1", "use_sum9")
 AGGREGATES = ("base_add_only", "use_carry1_any", "use_sum9_one", "use_sum9_two")
+_PER_DIGIT_COLUMN = re.compile(rf"^(?:{'|'.join(PER_DIGIT_SUBTASKS)})_(?:loss|count)_d(\d+)$")
 
 
 def answer_token_names(n_digits: int) -> list[str]:
     """Answer tokens in sequence order: A{n} .. A0."""
     return [f"A{d}" for d in range(n_digits, -1, -1)]
+
+
+def subtask_column_digit(column: str) -> str:
+    """The answer digit a sub-task column measures: "A0" for `base_add_loss_d0`, "all" for the question-level ones."""
+    match = _PER_DIGIT_COLUMN.match(column)
+    return f"A{match.group(1)}" if match else "all"
 
 
 def metric_names(n_digits: int, finite: bool, heldout: bool = False) -> list[str]:
@@ -125,4 +138,25 @@ def metrics_frame(history: torch.Tensor, first_step: int, n_digits: int, finite:
     for column in frame.columns:
         if "_count" in column:
             frame[column] = frame[column].astype("int64")
+    return frame
+
+
+def read_metrics(path: Path, n_digits: int, finite: bool, heldout: bool = False) -> pd.DataFrame:
+    """A run's metrics table, refused with one clear error if it is unreadable or lacks a column the run writes."""
+    from arithlens.errors import RunFolderError
+
+    advice = "restore it, or resume the run (arithlens train --resume) to write it again from the train state"
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError, TypeError, pa.ArrowException) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise RunFolderError(f"damaged {path}: {first_line}; {advice}") from None
+    missing = [name for name in ["step", *metric_names(n_digits, finite, heldout)] if name not in frame.columns]
+    if missing:
+        raise RunFolderError(f"damaged {path}: it has no column {missing[0]!r} "
+                             f"({len(missing)} of the run's columns are missing); {advice}")
+    wrong = [name for name in frame.columns if not pd.api.types.is_numeric_dtype(frame[name])]
+    if wrong:
+        raise RunFolderError(f"damaged {path}: column {wrong[0]!r} holds {frame[wrong[0]].dtype}, not numbers; "
+                             f"{advice}")
     return frame

@@ -4,6 +4,12 @@
 `run_with_hooks`, `ActivationCache` methods and `transformer_lens.patching`
 all work on it with the classic hook names (`blocks.0.attn.hook_z`, ...).
 
+Every model carries an `AdditionTokenizer` (characters 0-9, `+`, `=`, no BOS), so
+the TransformerLens string utilities work: `model.to_tokens("12345+67890=")`,
+`model.to_str_tokens(...)`, `model.to_string(...)` and
+`model.generate("12345+67890=", max_new_tokens=6, do_sample=False)`. It adds no
+parameter and changes no logit.
+
 `AnswerForward` computes the same logits, but only at the n+1 positions that
 predict answer digits. The loss reads nothing else, so the gradients are the
 same while the last layer's queries, attention output, MLP and unembedding run
@@ -13,8 +19,11 @@ so training through it trains the bridge. A test holds both paths equal.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +35,63 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedTokenizer
+
+SYMBOLS = (*(str(d) for d in range(10)), "+", "=")  # token id = index: 0-9, then + (10) and = (11)
+PAD_TOKEN = "<pad>"
+
+
+class AdditionTokenizer(PreTrainedTokenizer):
+    """A character tokenizer for the addition vocabulary, for TransformerLens's string utilities.
+
+    Each of 0-9, `+`, `=` is one token (ids 0-11, as `arithlens.task` encodes them);
+    whitespace is skipped and any other character is an error. There is no BOS.
+    `<pad>` (id 12) stands in as the pad and end-of-sequence token, which TransformerLens's
+    padding and `generate` ask for: it lies outside the model's 12-token vocabulary, so the
+    model never predicts it (generation runs to `max_new_tokens`) and a padded batch of
+    unequal questions fails at the embedding instead of running on a made-up token.
+    A `transformers.PreTrainedTokenizer` because TransformerLens checks for one
+    (`setup_tokenizer`) and calls its `__call__`, `decode`, `batch_decode` and padding.
+    """
+
+    vocab_files_names = {"vocab_file": "vocab.json"}
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._ids = {symbol: index for index, symbol in enumerate(SYMBOLS)}
+        kwargs.setdefault("pad_token", PAD_TOKEN)
+        kwargs.setdefault("eos_token", PAD_TOKEN)
+        kwargs.pop("vocab_file", None)  # the vocabulary is fixed; a saved copy only documents it
+        super().__init__(**kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(SYMBOLS)
+
+    def get_vocab(self) -> dict[str, int]:
+        return {**self._ids, **self.added_tokens_encoder}
+
+    def _tokenize(self, text: str, **kwargs: Any) -> list[str]:
+        tokens = [c for c in text if not c.isspace()]
+        unknown = sorted({c for c in tokens if c not in self._ids})
+        if unknown:
+            raise ValueError(f"the addition tokenizer knows only 0-9, '+' and '=', not {', '.join(map(repr, unknown))}")
+        return tokens
+
+    def _convert_token_to_id(self, token: str) -> int:
+        return self._ids[token]
+
+    def _convert_id_to_token(self, index: int) -> str:
+        return SYMBOLS[index] if 0 <= index < len(SYMBOLS) else PAD_TOKEN
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return "".join(tokens)
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
+        path = os.path.join(save_directory, (f"{filename_prefix}-" if filename_prefix else "") + "vocab.json")
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump(self._ids, file)
+        return (path,)
 
 
 def bridge_config(config: ModelConfig) -> TransformerBridgeConfig:
@@ -62,7 +128,8 @@ def resolve_device(name: str) -> torch.device:
 def build_model(config: ModelConfig, device: torch.device | str = "cpu") -> TransformerBridge:
     """A freshly initialised model (deterministic for `config.seed`), in eval mode.
 
-    `model.arithlens_config` holds the `ModelConfig` it was built from.
+    `model.arithlens_config` holds the `ModelConfig` it was built from, and
+    `model.tokenizer` an `AdditionTokenizer` (strings in, no BOS prepended).
     """
     if isinstance(device, str):
         device = resolve_device(device)
@@ -73,7 +140,20 @@ def build_model(config: ModelConfig, device: torch.device | str = "cpu") -> Tran
         _seed_init(model, config)
     model.eval()  # transformer_lens.patching refuses models in train mode
     model.arithlens_config = config
+    _attach_tokenizer(model)
     return model
+
+
+def _attach_tokenizer(model: TransformerBridge) -> None:
+    """Give the bridge an `AdditionTokenizer` and tell TransformerLens our models have no BOS.
+
+    The first assignment skips TransformerLens's tokenizer set-up, which would encode "a" to
+    probe for BOS/EOS and reset d_vocab from the tokenizer (13 with <pad>): the flags are set here.
+    """
+    model.tokenizer = AdditionTokenizer()
+    model.cfg.default_prepend_bos = False  # to_tokens/generate prepend nothing unless asked
+    model.cfg.tokenizer_prepends_bos = False  # nothing to strip after tokenizing either
+    model.cfg.tokenizer_appends_eos = False
 
 
 def _seed_init(model: TransformerBridge, config: ModelConfig) -> None:

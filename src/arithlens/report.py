@@ -31,7 +31,8 @@ import arithlens
 from arithlens.errors import ArithlensError
 from arithlens.plots import analysis as analysis_plots
 from arithlens.plots import training as training_plots
-from arithlens.runs import ANALYSIS_DIR, METRICS_FILE, REPORT_FILE, Run, load_run
+from arithlens.runs import ANALYSIS_DIR, METRICS_FILE, REPORT_FILE, Run, is_bundled, load_run
+from arithlens.task import AdditionTask
 
 Item = go.Figure | pd.DataFrame | str
 
@@ -46,22 +47,38 @@ class Section:
     items: list[tuple[str, Item]] = field(default_factory=list)
 
 
-def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write the run's report (RUN_DIR/report.html unless `out` is given) and return its path."""
+def build_report(run_dir: str | Path, out: str | Path | None = None,
+                 analysis: str | Path | None = None) -> Path:
+    """Write the run's report (RUN_DIR/report.html unless `out` is given) and return its path.
+
+    `analysis` names an analysis folder written elsewhere (`arithlens analyze --out`);
+    the default is RUN_DIR/analysis/.
+    """
     run = load_run(run_dir)
     target = Path(out) if out is not None else run.path / REPORT_FILE
-    page = render_report(run)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(target)
+    if target.is_dir():
+        raise ArithlensError(f"cannot write the report to {target}: it is a folder; give a file name such as "
+                             f"{target / REPORT_FILE}")
+    page = render_report(run, analysis)
+    special = target.exists() and not target.is_file()  # /dev/stdout, a FIFO: written as it is, never replaced
+    final = target if special else target.resolve()  # through a symlink, which stays a symlink
+    tmp = final if special else final.with_name(f".{final.name}.tmp")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        if not special:
+            tmp.replace(final)
+    except OSError as error:
+        if not special:
+            tmp.unlink(missing_ok=True)
+        raise ArithlensError(f"cannot write the report to {target}: {error.strerror or error}") from None
     return target
 
 
-def render_report(run: Run) -> str:
+def render_report(run: Run, analysis: str | Path | None = None) -> str:
     """The whole report page as a string."""
     notices: list[str] = []
     metrics = _metrics(run, notices)
-    tables = _analysis(run, notices)
+    tables = _analysis(run, notices, analysis)
     status = run.info.get("status")
     steps_done = run.info.get("steps_done")
     if status != "complete":
@@ -89,15 +106,17 @@ def _metrics(run: Run, notices: list[str]) -> pd.DataFrame | None:
     if not path.is_file():
         notices.append(f"No {METRICS_FILE}: the run has not recorded a training step, so there are no loss curves.")
         return None
-    metrics = pd.read_parquet(path)
+    metrics = run.metrics  # refuses a damaged table with one clear error
     if len(metrics) == 0:
         notices.append(f"{METRICS_FILE} is empty, so there are no loss curves.")
         return None
     return metrics
 
 
-def _analysis(run: Run, notices: list[str]) -> dict[str, Any]:
-    folder = run.path / ANALYSIS_DIR
+def _analysis(run: Run, notices: list[str], analysis: str | Path | None) -> dict[str, Any]:
+    folder = run.path / ANALYSIS_DIR if analysis is None else Path(analysis)
+    if analysis is not None and not folder.is_dir():
+        raise ArithlensError(f"no analysis folder {folder}; write it with arithlens analyze {run.path} --out {folder}")
     if not folder.is_dir():
         notices.append(
             f"No {ANALYSIS_DIR}/ folder: the interpretability analysis has not been run. "
@@ -106,7 +125,7 @@ def _analysis(run: Run, notices: list[str]) -> dict[str, Any]:
         return {}
     from arithlens.analysis.runner import load_analysis  # imports the analysis stack only when there is one
 
-    return dict(load_analysis(run.path))
+    return dict(load_analysis(run.path, folder))
 
 
 # ----- sections ------------------------------------------------------------
@@ -174,6 +193,10 @@ def _analysis_sections(tables: dict[str, Any], run: Run, notices: list[str]) -> 
         section = Section(key, title, intro)
         for heading, name, make in parts:
             frame = tables.get(name)
+            if name == "checkpoint_nodes" and not run.checkpoint_steps():
+                section.items.append((heading, f"<p class='intro'>{checkpoint_note(run, frame)}</p>"))
+                if not isinstance(frame, pd.DataFrame) or not len(frame):
+                    continue  # the note says why there is nothing; "left out" or "none compared" would not
             if not isinstance(frame, pd.DataFrame):
                 notices.append(f"{title}: {heading} is left out (no analysis table <code>{name}</code>; "
                                f"rerun <code>arithlens analyze</code>).")
@@ -199,7 +222,62 @@ def phase_bands(tables: dict[str, Any]) -> pd.DataFrame | None:
     return phases if isinstance(phases, pd.DataFrame) and len(phases) else None
 
 
-PERCENT_COLUMNS = {"accuracy", "failure_rate", "failure_rate_before", "failure_rate_after"}
+PERCENT_COLUMNS = {"accuracy", "failure_rate", "failure_rate_before", "failure_rate_after", "wrong_share",
+                   "base_rate"}
+
+
+def checkpoint_note(run: Run, frame: pd.DataFrame | None = None) -> str:
+    """Why a run folder without checkpoints has no (or only an earlier) comparison of nodes across phases (HTML)."""
+    if is_bundled(run.path):
+        note = ("Bundled models ship without checkpoints, to keep the package small, so this folder has none to "
+                "compare nodes across the phases with.")
+    else:
+        note = (f"This run folder has no checkpoints (training saves one every "
+                f"{run.config.train.checkpoint_every} steps; none was saved, or the checkpoints/ folder was removed), "
+                f"so nodes cannot be compared across the phases.")
+    if isinstance(frame, pd.DataFrame) and len(frame) and {"step_before", "step_after"} <= set(frame.columns):
+        steps = {int(s) for s in (*frame["step_before"], *frame["step_after"])}
+        if steps <= {0, int(run.info.get("steps_done") or 0)}:
+            note += (" Without them each phase is bracketed only by the untrained model (step 0, rebuilt from the "
+                     "seed) and the final model, so the table below compares those two, not the models just before "
+                     "and after each phase.")
+        else:
+            note += " The table below was computed from the checkpoints the run had when it was analysed."
+    return note + (" Retrain with <code>arithlens train</code> (the command above reproduces the run) to get "
+                   "checkpoints, then rerun <code>arithlens analyze</code>.")
+
+
+def with_position_labels(frame: pd.DataFrame, n_digits: int) -> pd.DataFrame:
+    """A table for display, its `position` column as labels like `P14 (→A2)` (`AdditionTask.position_label`)."""
+    if "position" not in frame.columns:
+        return frame
+    task = AdditionTask(n_digits)
+    return frame.assign(position=[task.position_label(int(p)) for p in frame["position"]])
+
+
+def subtask_changes_display(frame: pd.DataFrame) -> pd.DataFrame:
+    """The sub-task change table with `digit` naming the answer digit each loss is of (A0 for `..._loss_d0`).
+
+    Read from the column name: the per-digit sub-task loss at d is the loss of answer digit A_d, and
+    "D0" would name the units digit of x.
+    """
+    from arithlens.metrics import subtask_column_digit  # metrics loads TransformerLens; only needed with an analysis
+
+    if "column" not in frame.columns:
+        return frame
+    return frame.assign(digit=[subtask_column_digit(str(column)) for column in frame["column"]])
+
+
+def _failure_pattern_items(frame: pd.DataFrame, t: dict[str, Any], n: int, layers: int, heads: int) -> list[Item]:
+    from arithlens.analysis.accuracy import failure_pattern_summary  # loaded with the analysis tables already
+
+    intro = ("Every wrong answer digit of the random questions, grouped by the state of the digit pair directly "
+             "below it (pair d-1) and of the two pairs below (d-1, d-2): MakeCarry1 (the pair sums to 10 or more), "
+             "MakeSum9 (sums to 9), neither, or none (below A0 there is no pair). base_rate is how often the state "
+             "occurs under the same answer digits in all the questions (for \"all\", weighted by where the wrong "
+             "digits are); a ratio well above 1 is where failures gather.")
+    return [f"<p class='intro'><strong>{html.escape(failure_pattern_summary(frame))}</strong></p>"
+            f"<p class='intro'>{html.escape(intro)}</p>", frame]
 
 
 def _percent(values: pd.Series) -> list[str]:
@@ -228,9 +306,11 @@ def _algorithm_items(frame: pd.DataFrame, t: dict[str, Any], n: int, layers: int
     for role in ("BaseAdd", "MakeCarry1", "MakeSum9", "UseSum9"):
         grid[role] = [", ".join(f"{r.node} ({r.confidence})" for r in frame[(frame["answer_digit"] == digit)
                       & (frame["role"] == role)].itertuples()) for digit in grid["answer digit"]]
-    columns = ["answer_digit", "role", "node", "supported_by", "confidence", "evidence"]
+    columns = ["answer_digit", "role", "node", *(["position"] if "position" in frame.columns else []), "supported_by",
+               "confidence", "evidence"]
     return [grid, "<p class='intro'>Each claim and its evidence (confidence counts the kinds of evidence that "
-                  "agree: patching and ablation are causal, PCA only supports):</p>", frame[columns]]
+                  "agree: patching and ablation are causal, PCA only supports):</p>",
+            with_position_labels(frame[columns], n)]
 
 
 def _node_items(frame: pd.DataFrame, t: dict[str, Any], n: int, layers: int, heads: int) -> list[Item]:
@@ -260,7 +340,8 @@ ANALYSIS_PARTS: list[tuple[str, str, str, list[tuple[str, str, Make]]]] = [
     ("accuracy", "Accuracy", "Accuracy in nines (on 1M questions 0-1 failures is six nines, 2-10 five nines).",
      [("Accuracy", "accuracy", _accuracy_items),
       ("Cases the model cannot do", "failed_cases", lambda f, t, n, l, h: [f]),
-      ("Failures", "failures", lambda f, t, n, l, h: [f])]),
+      ("Failures", "failures", lambda f, t, n, l, h: [f]),
+      ("Failure patterns", "failure_patterns", _failure_pattern_items)]),
     ("attention", "Attention", "Mean attention of each head per question category, and for a few questions. "
      "Rows are the query positions that predict an answer digit; columns the positions attended to.",
      [("Mean attention by question category", "attention",
@@ -268,11 +349,15 @@ ANALYSIS_PARTS: list[tuple[str, str, str, list[tuple[str, str, Make]]]] = [
       ("Example questions", "attention_examples",
        lambda f, t, n, layers, h: [AP.attention_heatmaps(f, n, layer=i, row_key="example") for i in range(layers)])]),
     ("ablation", "Ablation and useful nodes",
-     "Mean ablation of the residual stream at each position, and of each head and MLP at each position (a node). "
+     "Mean ablation of what each position computes (every head's and the MLP's output there) and, separately, of "
+     "what it is given (its input embedding), and of each head and MLP at each position (a node). The means come "
+     "from a separate set of uniformly random questions, named under each title. A position's residual stream after "
+     "the last layer is not ablated: in a 1-layer model only its own unembedding reads it, so that could not fail. "
      "Red marks harm: accuracy falling or loss rising.",
      [("Useful positions", "position_ablation",
        lambda f, t, n, l, h: [AP.position_ablation_heatmap(f, n, value=v) for v in ("accuracy_delta", "loss_delta")]),
-      ("Useful nodes", "useful_nodes", lambda f, t, n, l, h: [AP.useful_nodes_map(f, n, l, h), f]),
+      ("Useful nodes", "useful_nodes",
+       lambda f, t, n, l, h: [AP.useful_nodes_map(f, n, l, h), with_position_labels(f, n)]),
       ("Node ablation per answer digit", "node_ablation", _node_items)]),
     ("attribution", "Logit lens and direct logit attribution", "",
      [("Logit lens", "logit_lens", lambda f, t, n, l, h: [AP.logit_lens_figure(f, n)]),
@@ -280,17 +365,18 @@ ANALYSIS_PARTS: list[tuple[str, str, str, list[tuple[str, str, Make]]]] = [
       ("Head attribution by source position", "head_sources", lambda f, t, n, l, h: [AP.head_source_heatmaps(f, n)])]),
     ("patching", "Activation patching",
      "Patching one node from a clean question into a corrupted one that differs in one sub-task. Recovery 1 means "
-     "the node alone restores the clean answer's logit difference; flips is the share of pairs that then give the "
-     "clean answer digit (the strong test).",
+     "the node alone restores the clean answer's logit difference; net flips is the share of pairs that then give the "
+     "clean answer digit minus the share that give it with no patch at all (the strong test, net of the baseline; "
+     "hover for its 95% interval).",
      [("Patching grids", "patching",
-       lambda f, t, n, l, h: [AP.patching_heatmaps(f, n, value=v) for v in ("recovery", "flips")])]),
+       lambda f, t, n, l, h: [AP.patching_heatmaps(f, n, value=v) for v in ("recovery", "net_flips")])]),
     ("pca", "PCA of head outputs", "Clusters by the tri-state of the digit pair below (MakeCarry1, MakeSum9, "
      "neither); sep is the centroid separation (above about 2 the clusters are visibly apart).",
      [("Head outputs by tri-state", "pca_points", _pca_items)]),
     ("dynamics", "Training dynamics", "Phase changes per answer digit (shaded on the loss curves), the sub-task "
      "losses either side, and the nodes that become useful across each phase.",
      [("Phase changes", "phases", lambda f, t, n, l, h: [f]),
-      ("Sub-task losses across each phase", "subtask_changes", lambda f, t, n, l, h: [f]),
+      ("Sub-task losses across each phase", "subtask_changes", lambda f, t, n, l, h: [subtask_changes_display(f)]),
       ("Nodes across each phase (from checkpoints)", "checkpoint_nodes", lambda f, t, n, l, h: [f])]),
 ]
 EMPTY_NOTES = {

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -79,13 +79,45 @@ def save_model(model: TransformerBridge, path: Path) -> None:
     save_tensors(path, model.state_dict(), {"config": json.dumps(config.to_dict()), "arithlens_version": __version__})
 
 
-def model_from_weights(config: ModelConfig, weights: dict[str, torch.Tensor], device: str = "cpu") -> TransformerBridge:
+def _shape(tensor: torch.Tensor) -> str:
+    return "(" + ", ".join(str(size) for size in tensor.shape) + ")"
+
+
+def check_weights(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], source: str | Path,
+                  prefix: str = "") -> None:
+    """Refuse weights that are not exactly the model's: every tensor present, shaped, typed as the model's
+    (float32) and finite. Errors name `source` and the first tensor at fault (`prefix` + its name)."""
+    mismatch = f"{source}: the weights do not match the config"
+    missing = [name for name in expected if name not in weights]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise RunFolderError(f"{mismatch}: tensor {prefix + missing[0]!r} is missing{more}")
+    unexpected = [name for name in weights if name not in expected]
+    if unexpected:
+        raise RunFolderError(f"{mismatch}: it has a tensor {prefix + unexpected[0]!r} the model does not")
+    for name, want in expected.items():
+        tensor = weights[name]
+        if tensor.shape != want.shape:
+            raise RunFolderError(f"{mismatch}: tensor {prefix + name!r} has shape {_shape(tensor)}, "
+                                 f"the config's model needs {_shape(want)}")
+        if tensor.dtype != want.dtype:
+            raise RunFolderError(f"{source}: tensor {prefix + name!r} is {str(tensor.dtype).removeprefix('torch.')}; "
+                                 f"arithlens weights are {str(want.dtype).removeprefix('torch.')} (save them as that)")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise RunFolderError(f"{source}: tensor {prefix + name!r} holds NaN or infinite values; "
+                                 f"the weights are damaged (retrain or restore them)")
+
+
+def model_from_weights(config: ModelConfig, weights: dict[str, torch.Tensor], device: str = "cpu",
+                       source: str | Path = "the weights") -> TransformerBridge:
+    """A model of `config` holding `weights`, which must match it exactly (see `check_weights`)."""
     model = build_model(config, device)
+    check_weights(model.state_dict(), weights, source)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[0]
-        raise RunFolderError(f"weights do not match the config: {first_line}") from None
+        raise RunFolderError(f"{source}: the weights do not match the config: {first_line}") from None
     return model
 
 
@@ -94,8 +126,13 @@ def load_model_file(path: Path, config: ModelConfig | None = None, device: str =
     if config is None:
         if "config" not in metadata:
             raise RunFolderError(f"{path} has no config in its metadata; load it through its run folder")
-        config = ModelConfig.from_dict(json.loads(metadata["config"]))
-    return model_from_weights(config, weights, device)
+        try:
+            config = ModelConfig.from_dict(json.loads(metadata["config"]))
+        except (json.JSONDecodeError, RecursionError) as error:
+            raise RunFolderError(f"{path}: the config in its metadata is not JSON ({error})") from None
+        except ArithlensError as error:
+            raise RunFolderError(f"{path}: bad config in its metadata: {error}") from None
+    return model_from_weights(config, weights, device, source=path)
 
 
 def bundled_models_dir() -> Path:
@@ -107,6 +144,14 @@ def bundled_model_names() -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / MODEL_FILE).is_file())
+
+
+def is_bundled(path: Path) -> bool:
+    """Whether `path` is one of the models installed with arithlens, which no command may rewrite."""
+    try:
+        return path.resolve().parent == bundled_models_dir().resolve()
+    except OSError:
+        return False
 
 
 def resolve_run_path(path_or_name: str | Path) -> Path:
@@ -134,7 +179,10 @@ class Run:
         path = self.path / METRICS_FILE
         if not path.is_file():
             raise RunFolderError(f"{self.path} has no {METRICS_FILE}: the run has not recorded a step yet")
-        return pd.read_parquet(path)
+        from arithlens.metrics import read_metrics  # metrics imports TransformerLens: only when needed
+
+        train = self.config.train
+        return read_metrics(path, self.config.model.n_digits, train.finite is not None, train.eval_every > 0)
 
     @property
     def is_complete(self) -> bool:
@@ -147,10 +195,18 @@ class Run:
         return load_model_file(path, self.config.model, device)
 
     def checkpoint_steps(self) -> list[int]:
+        """Steps of the weight snapshots in RUN_DIR/checkpoints/ (step_NNNNN.safetensors)."""
         folder = self.path / CHECKPOINT_DIR
         if not folder.is_dir():
             return []
-        return sorted(int(p.stem.split("_")[1]) for p in folder.glob("step_*.safetensors"))
+        steps = set()
+        for path in folder.glob("step_*.safetensors"):
+            match = re.fullmatch(r"step_([0-9]+)\.safetensors", path.name)
+            if match is None:
+                raise RunFolderError(f"{path} is not a checkpoint name (training writes step_NNNNN.safetensors); "
+                                     f"move it out of {folder}")
+            steps.add(int(match.group(1)))
+        return sorted(steps)
 
     def checkpoint_path(self, step: int) -> Path:
         return self.path / CHECKPOINT_DIR / f"step_{step:05d}.safetensors"
@@ -167,10 +223,39 @@ def read_config(path: Path) -> tuple[RunConfig, dict[str, Any]]:
     if not config_path.is_file():
         raise RunFolderError(f"{path} is not a run folder: it has no {CONFIG_FILE}")
     try:
-        data = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise RunFolderError(f"damaged {config_path}: {error}") from None
-    return RunConfig.from_dict(data), dict(data.get("run", {}))
+    except OSError as error:
+        raise RunFolderError(f"cannot read {config_path}: {error.strerror or error}") from None
+    try:
+        config = RunConfig.from_dict(data)
+    except ArithlensError as error:
+        raise RunFolderError(f"{config_path}: {error}") from None
+    return config, _run_info(data.get("run", {}), config_path)
+
+
+# The "run" section's fields, by the type each must have (others are kept as they are).
+_NUMBER = (int, float)
+RUN_INFO_TYPES: dict[str, tuple[type, ...]] = {
+    "command": (str,), "started": (str,), "finished": (str,), "device": (str,), "status": (str,),
+    "stop_reason": (str,), "seconds": _NUMBER, "heldout_accuracy": _NUMBER, "steps_done": (int,),
+    "threads": (int,), "heldout_step": (int,), "stopped_at_step": (int,), "diverged_at_step": (int,),
+    "card": (dict,),
+}
+
+
+def _run_info(info: Any, config_path: Path) -> dict[str, Any]:
+    """The config's "run" section, refused if a field the commands read has the wrong type."""
+    if not isinstance(info, dict):
+        raise RunFolderError(f"{config_path}: the 'run' section must be a JSON object, got {info!r:.60}")
+    for key, types in RUN_INFO_TYPES.items():
+        if key in info:
+            value = info[key]
+            if not isinstance(value, types) or isinstance(value, bool) or (types == (int,) and value < 0):
+                kind = {_NUMBER: "a number", (int,): "a whole number >= 0", (str,): "a string"}.get(types, "an object")
+                raise RunFolderError(f"{config_path}: run.{key} must be {kind}, got {value!r:.60}")
+    return dict(info)
 
 
 def load_run(path_or_name: str | Path) -> Run:
@@ -188,22 +273,6 @@ def load_model(path_or_name: str | Path, device: str = "cpu") -> TransformerBrid
     if path.is_file():
         raise RunFolderError(f"{path} is not a .safetensors file or run folder")
     return load_run(path_or_name).model(device)
-
-
-def prepare_run_folder(path: Path, force: bool) -> None:
-    """Create `path`, refusing to overwrite an earlier run unless `force`."""
-    if path.exists() and not path.is_dir():
-        raise RunFolderError(f"{path} exists and is not a folder")
-    existing = [name for name in RUN_ARTEFACTS if (path / name).exists()] if path.is_dir() else []
-    if existing and not force:
-        raise RunFolderError(
-            f"{path} already holds a run ({', '.join(existing)}); use --resume {path} to continue it, "
-            f"--force to overwrite it, or another --out"
-        )
-    for name in existing:
-        target = path / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    path.mkdir(parents=True, exist_ok=True)
 
 
 def run_config_dict(config: RunConfig, info: dict[str, Any]) -> dict[str, Any]:

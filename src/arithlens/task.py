@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from enum import Enum, IntEnum
+from numbers import Integral
 
 import torch
 
@@ -93,7 +94,8 @@ class AdditionTask:
             raise ArithlensError(f"n_digits must be an integer from 1 to {MAX_DIGITS}, got {n_digits!r}")
         self.n_digits = n_digits
         n = n_digits
-        self._question_re = re.compile(rf"^(\d{{{n}}})\+(\d{{{n}}})=(\d{{{n + 1}}})?$")
+        # [0-9], not \d: \d and int() also take other scripts' digits (١٢٣, full-width １２３).
+        self._question_re = re.compile(rf"^([0-9]{{{n}}})\+([0-9]{{{n}}})=([0-9]{{{n + 1}}})?$")
 
     def __repr__(self) -> str:
         return f"AdditionTask(n_digits={self.n_digits})"
@@ -122,11 +124,28 @@ class AdditionTask:
         return [f"A{d}" for d in range(self.n_digits, -1, -1)]
 
     def position_names(self) -> list[str]:
-        """A name for every token position: D4..D0, +, D'4..D'0, =, A5..A0."""
+        """The token each position holds: D4..D0, +, D'4..D'0, =, A5..A0 (displays use `position_label`)."""
         n = self.n_digits
         xs = [f"D{d}" for d in range(n - 1, -1, -1)]
         ys = [f"D'{d}" for d in range(n - 1, -1, -1)]
         return [*xs, "+", *ys, "=", *self.answer_digit_names()]
+
+    def position_label(self, position: int) -> str:
+        """How reports and plots show a position: `P14 (→A2)` where its logits predict an answer digit, else the
+        token it holds, `P2 (D2)`.
+
+        Token names alone mislead at the answer positions: P14 holds A3 (5 digits) but computes A2.
+        """
+        if not isinstance(position, Integral) or not 0 <= position < self.seq_len:
+            raise ArithlensError(f"position must be 0..{self.seq_len - 1}, got {position!r}")
+        position = int(position)  # numpy integers from table columns format like ints from here on
+        if position in self.answer_logit_positions:
+            return f"P{position} (→A{3 * self.n_digits + 1 - position})"
+        return f"P{position} ({self.position_names()[position]})"
+
+    def position_labels(self) -> list[str]:
+        """`position_label` of every position, in order."""
+        return [self.position_label(p) for p in range(self.seq_len)]
 
     def logit_position_for_answer_digit(self, digit: int) -> int:
         """The position whose logits predict answer digit A`digit` (0 = units)."""
@@ -274,6 +293,10 @@ class AdditionTask:
         for text in texts:
             cleaned = "".join(str(text).split())
             match = self._question_re.match(cleaned)
+            foreign = next((c for c in cleaned if c.isdigit() and not c.isascii()), None)
+            if foreign is not None:
+                raise ArithlensError(f"question {text!r} has the digit {foreign!r} (U+{ord(foreign):04X}); "
+                                     f"write questions with the ASCII digits 0-9")
             if match is None:
                 raise ArithlensError(
                     f"malformed question {text!r}: expected {n} digits, '+', {n} digits, '=' "

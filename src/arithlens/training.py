@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from arithlens.config import RunConfig
-from arithlens.errors import ConfigError, RunFolderError, TrainingDiverged, TrainingInterrupted
+from arithlens.config import RunConfig, require_memory, training_memory
+from arithlens.errors import ArithlensError, ConfigError, RunFolderError, TrainingDiverged, TrainingInterrupted
+from arithlens.folders import ForcedReplacement, check_replaceable, check_writable, recover_run_folder, run_folder_lock
 from arithlens.heldout import heldout_accuracy, heldout_batch
 from arithlens.metrics import metric_names, metrics_frame, step_metrics, token_losses
 from arithlens.model import AnswerForward, build_model, resolve_device
@@ -43,9 +44,10 @@ from arithlens.runs import (
     MODEL_FILE,
     TRAIN_STATE_FILE,
     Run,
+    check_weights,
     load_run,
     load_tensors,
-    prepare_run_folder,
+    resolve_run_path,
     run_config_dict,
     save_model,
     save_tensors,
@@ -104,6 +106,7 @@ class Trainer:
         self.info = info
         train = config.train
         self.device = resolve_device(train.device)
+        require_memory(training_memory(config), str(self.device))  # refuse, before allocating what cannot fit
         self.task = AdditionTask(config.model.n_digits)
         self.model = build_model(config.model, self.device)
         self.forward = AnswerForward(self.model)
@@ -123,6 +126,7 @@ class Trainer:
         self.history = torch.zeros(train.steps, self.n_metrics, dtype=torch.float64, device=self.device)
         self.history[:, self.n_step_metrics :] = float("nan")  # held-out columns: NaN where nothing was measured
         self.step = 0
+        self.after_save: Callable[[], None] | None = None  # told once each save is on disk
 
     # ----- data and loss ------------------------------------------------
     def _generate(self, count: int, rng: torch.Generator) -> AdditionBatch:
@@ -205,26 +209,26 @@ class Trainer:
         save_tensors(checkpoints / TRAIN_STATE_FILE, tensors, metadata)
         self.info["steps_done"] = self.step
         self.write_config()
+        if self.after_save is not None:
+            self.after_save()
 
     def restore(self) -> None:
-        tensors, metadata = load_tensors(self.out_dir / CHECKPOINT_DIR / TRAIN_STATE_FILE)
-        self.model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        self.optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
-        self.scheduler.load_state_dict({**json.loads(metadata["scheduler"]), "lr_lambdas": [None]})
-        self.data_rng.set_state(tensors["rng.data"])
-        self.test_rng.set_state(tensors["rng.test"])
-        self.step = int(metadata["step"])
-        history = tensors["history"].to(self.device)
-        if history.shape[1] != self.n_metrics:
-            raise RunFolderError(f"{self.out_dir}: saved metrics do not match the config; the run folder is damaged")
-        self.history[: self.step] = history[: self.config.train.steps]
-        if self.step > self.config.train.steps:
-            raise RunFolderError(f"{self.out_dir} has already trained {self.step} steps; ask for --steps >= {self.step}")
+        """Load the train state, after checking every part of it: a damaged state, or one from another
+        run, is refused with one error naming what is wrong, and nothing is loaded."""
+        path = self.out_dir / CHECKPOINT_DIR / TRAIN_STATE_FILE
+        tensors, metadata = load_tensors(path)
+        step, optimizer_state, scheduler_state = _checked_train_state(self, path, tensors, metadata)
+        try:
+            self.model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+            self.optimizer.load_state_dict(optimizer_state)
+            self.scheduler.load_state_dict({**scheduler_state, "lr_lambdas": [None]})
+            self.data_rng.set_state(tensors["rng.data"])
+            self.test_rng.set_state(tensors["rng.test"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise RunFolderError(f"damaged train state {path}: {first_line}{_RESTORE_ADVICE}") from None
+        self.step = step
+        self.history[: self.step] = tensors["history"].to(self.device)
 
     def _weights_finite(self) -> bool:
         """Checked before each save: a step can leave NaN weights behind a finite loss."""
@@ -294,6 +298,101 @@ class Trainer:
         self.save(snapshot=True)
 
 
+_RESTORE_ADVICE = "; restore the run folder from a copy, or start the run again with --force"
+_ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq")
+
+
+def _checked_train_state(trainer: Trainer, path: Path, tensors: dict[str, torch.Tensor],
+                         metadata: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """The step, optimizer state and scheduler state of a train state that fits `trainer` in every part."""
+    damaged = f"damaged train state {path}"
+
+    def refuse(problem: str) -> RunFolderError:
+        return RunFolderError(f"{damaged}: {problem}{_RESTORE_ADVICE}")
+
+    text = metadata.get("step")
+    if not isinstance(text, str) or not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise refuse(f"its step is {text!r}, not a whole number of steps >= 1")
+    step = int(text)
+    history = tensors.get("history")
+    if history is None or history.dtype != torch.float64 or history.ndim != 2:
+        raise refuse("it has no float64 'history' tensor [steps, metrics]")
+    if history.shape[1] != trainer.n_metrics:
+        raise RunFolderError(
+            f"the train state {path} records {history.shape[1]} metrics per step, and this run's config "
+            f"{trainer.n_metrics}: it is from another run (different --digits, --finite or --eval-every)"
+            f"{_RESTORE_ADVICE}")
+    if history.shape[0] != step:
+        raise refuse(f"its step ({step}) disagrees with its history, which has {history.shape[0]} steps")
+    if step > trainer.config.train.steps:
+        raise RunFolderError(f"{trainer.out_dir} has already trained {step} steps; ask for --steps >= {step}")
+
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    check_weights(trainer.model.state_dict(), weights, f"the train state {path}", prefix="model.")
+
+    params = list(trainer.model.parameters())
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            parts = key.split(".", 2)
+            if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()) or int(parts[1]) >= len(params) \
+                    or parts[2] not in _ADAMW_STATE:
+                raise refuse(f"it has a tensor {key!r} that is no part of this run's AdamW state")
+            state.setdefault(int(parts[1]), {})[parts[2]] = value
+    for index, param in enumerate(params):
+        for name in _ADAMW_STATE:
+            value = state.get(index, {}).get(name)
+            want = () if name == "step" else param.shape
+            if value is None:
+                raise refuse(f"the AdamW state tensor 'optim.{index}.{name}' is missing")
+            if value.shape != want or value.dtype != torch.float32 or not bool(torch.isfinite(value).all()):
+                raise refuse(f"the AdamW state tensor 'optim.{index}.{name}' is not a finite float32 tensor of "
+                             f"shape {tuple(want)}")
+
+    fresh_groups = trainer.optimizer.state_dict()["param_groups"]
+    groups = _json_metadata(metadata, "param_groups", refuse)
+    if not isinstance(groups, list) or len(groups) != len(fresh_groups) or not all(
+            isinstance(g, dict) and g.get("params") == f["params"]
+            and all(_is_number(g.get(k)) for k in ("lr", "initial_lr", "weight_decay", "eps"))
+            and isinstance(g.get("betas"), list) and len(g["betas"]) == 2 and all(map(_is_number, g["betas"]))
+            for g, f in zip(groups, fresh_groups)):
+        raise refuse("its 'param_groups' metadata is not this run's AdamW parameter groups")
+
+    fresh_scheduler = {k: v for k, v in trainer.scheduler.state_dict().items() if k != "lr_lambdas"}
+    scheduler = _json_metadata(metadata, "scheduler", refuse)
+    if not isinstance(scheduler, dict) or scheduler.get("last_epoch") != step or not all(
+            isinstance(scheduler.get(k), list) and len(scheduler[k]) == len(fresh_groups)
+            and all(map(_is_number, scheduler[k])) for k in ("base_lrs", "_last_lr")):
+        raise refuse(f"its 'scheduler' metadata is not a learning-rate schedule at step {step}")
+    # Only the fields this torch's scheduler has, each of the type it has: no stray attributes get set.
+    for key, value in scheduler.items():
+        if key in fresh_scheduler and not (type(value) is type(fresh_scheduler[key])
+                                           or (_is_number(value) and _is_number(fresh_scheduler[key]))):
+            raise refuse(f"its 'scheduler' metadata has {key} = {value!r:.40}")
+    scheduler_state = {k: v for k, v in scheduler.items() if k in fresh_scheduler}
+
+    for key, rng in (("rng.data", trainer.data_rng), ("rng.test", trainer.test_rng)):
+        value = tensors.get(key)
+        want = rng.get_state()
+        if value is None or value.dtype != want.dtype or value.shape != want.shape:
+            raise refuse(f"its random-number state {key!r} is missing or not a {tuple(want.shape)} "
+                         f"{str(want.dtype).removeprefix('torch.')} tensor")
+    return step, {"state": state, "param_groups": groups}, scheduler_state
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _json_metadata(metadata: dict[str, str], key: str, refuse: Callable[[str], RunFolderError]) -> Any:
+    try:
+        return json.loads(metadata[key])
+    except KeyError:
+        raise refuse(f"its {key!r} metadata is missing") from None
+    except (json.JSONDecodeError, RecursionError, TypeError):
+        raise refuse(f"its {key!r} metadata is not JSON") from None
+
+
 def train(
     config: RunConfig,
     out_dir: str | Path,
@@ -303,14 +402,33 @@ def train(
     command: str | None = None,
     on_step: StepCallback | None = None,
 ) -> Run:
-    """Train a new model into `out_dir` and return the finished run."""
+    """Train a new model into `out_dir` and return the finished run.
+
+    With `force`, an earlier run in `out_dir` is replaced only once the new run
+    has saved something; if the new run fails first, the old one is put back.
+    """
     out = Path(out_dir)
     trainer_device = resolve_device(config.train.device)  # fail before touching the folder
-    prepare_run_folder(out, force)
-    info = {"command": command or "", "started": _now(), "device": str(trainer_device), "status": "interrupted"}
-    trainer = Trainer(config, out, info)
-    trainer.write_config()
-    trainer.fit(progress=progress, on_step=on_step)
+    with run_folder_lock(out):
+        recover_run_folder(out)
+        replaced = check_replaceable(out, force)
+        check_writable(out)
+        info = {"command": command or "", "started": _now(), "device": str(trainer_device), "status": "interrupted"}
+        trainer = Trainer(config, out, info)  # allocates everything before the old run is touched
+        replacement = ForcedReplacement(out, replaced)
+        replacement.set_aside()
+        trainer.after_save = replacement.discard
+        try:
+            trainer.write_config()
+            trainer.fit(progress=progress, on_step=on_step)
+        except ArithlensError as error:
+            if not replacement.pending:
+                raise
+            replacement.restore()
+            raise type(error)(f"{error}; the earlier run in {out} is kept as it was") from None
+        except BaseException:
+            replacement.restore()
+            raise
     return load_run(out)
 
 
@@ -322,13 +440,18 @@ def resume(
     on_step: StepCallback | None = None,
 ) -> Run:
     """Continue an interrupted (or finished, with more `steps`) run from its train state, bit-identically."""
-    run = load_run(run_dir)
-    config = run.config
-    if steps is not None:
-        config = replace(config, train=replace(config.train, steps=steps))
-    if not (run.path / CHECKPOINT_DIR / TRAIN_STATE_FILE).is_file():
-        raise RunFolderError(f"{run.path} has no saved train state to resume from; start it again with --force")
-    trainer = Trainer(config, run.path, dict(run.info))
-    trainer.restore()
-    trainer.fit(progress=progress, on_step=on_step)
+    path = resolve_run_path(run_dir)
+    with run_folder_lock(path, create=False):
+        recover_run_folder(path)
+        run = load_run(path)
+        config = run.config
+        if steps is not None:
+            config = replace(config, train=replace(config.train, steps=steps))
+        if not (run.path / CHECKPOINT_DIR / TRAIN_STATE_FILE).is_file():
+            raise RunFolderError(f"{run.path} has no saved train state to resume from; start it again with --force")
+        for folder in (run.path, run.path / CHECKPOINT_DIR):
+            check_writable(folder)  # before the steps, not at the save after them
+        trainer = Trainer(config, run.path, dict(run.info))
+        trainer.restore()
+        trainer.fit(progress=progress, on_step=on_step)
     return load_run(run.path)

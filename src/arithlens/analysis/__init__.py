@@ -1,12 +1,13 @@
 """Analyses of trained addition models, each a function over a model and a question set.
 
 Question sets and outcomes:   make_question_set, question_set_names, evaluate, random_accuracy,
-                              accuracy_table, failure_table, nines
+                              accuracy_table, failure_table, failure_patterns, failure_pattern_summary, nines
 Ablation and useful nodes:    ablate, node_ablation, position_ablation, useful_positions, useful_nodes,
-                              nodes_table, node_name, parse_node_name
+                              nodes_table, node_name, parse_node_name; default_reference,
+                              is_uniformly_random, NarrowReferenceWarning (the ablation reference)
 Attention:                    attention_patterns, mean_attention_by_class, attention_examples, top_attended
 Logit lens and DLA:           analysis_cache, logit_lens, direct_logit_attribution, head_source_attribution
-Activation patching:          make_patch_pairs, activation_patching
+Activation patching:          make_patch_pairs, activation_patching; patch_pair (one pair, one node)
 PCA:                          head_output_pca, pca, cluster_separation, tri_state
 Training dynamics:            phase_changes, detect_phase_changes, subtask_changes, compare_checkpoints
 Algorithm map:                algorithm_map, failed_cases
@@ -20,6 +21,8 @@ from arithlens.analysis.accuracy import (
     EvalResult,
     accuracy_table,
     evaluate,
+    failure_pattern_summary,
+    failure_patterns,
     failure_table,
     nines,
     random_accuracy,
@@ -47,7 +50,8 @@ from arithlens.analysis.dynamics import (
     phase_changes,
     subtask_changes,
 )
-from arithlens.analysis.nodes import Node, node_name, nodes_table, parse_node_name, useful_nodes, useful_positions
+from arithlens.analysis.naming import node_name, parse_node_name
+from arithlens.analysis.nodes import Node, nodes_table, useful_nodes, useful_positions
 from arithlens.analysis.patching import (
     PAIR_KINDS,
     PatchPairs,
@@ -56,8 +60,10 @@ from arithlens.analysis.patching import (
     pair_kinds,
     patch_answer_digit,
 )
+from arithlens.analysis.pairs import PairPatch, patch_pair
 from arithlens.analysis.pca import TRI_STATES, cluster_separation, head_output_pca, head_outputs, pca, tri_state
 from arithlens.analysis.question_sets import QuestionSet, make_question_set, question_set_names
+from arithlens.analysis.reference import NarrowReferenceWarning, default_reference, is_uniformly_random
 from arithlens.analysis.runner import analyze_run, load_analysis
 
 __all__ = [
@@ -65,7 +71,9 @@ __all__ = [
     "ROLES",
     "TRI_STATES",
     "EvalResult",
+    "NarrowReferenceWarning",
     "Node",
+    "PairPatch",
     "PatchPairs",
     "PhaseChange",
     "QuestionSet",
@@ -79,6 +87,7 @@ __all__ = [
     "attention_patterns",
     "circuitsvis_html",
     "cluster_separation",
+    "default_reference",
     "compare_checkpoints",
     "detect_phase_changes",
     "digit_class_masks",
@@ -86,10 +95,13 @@ __all__ = [
     "direct_logit_attribution",
     "evaluate",
     "failed_cases",
+    "failure_pattern_summary",
+    "failure_patterns",
     "failure_table",
     "head_output_pca",
     "head_outputs",
     "head_source_attribution",
+    "is_uniformly_random",
     "load_analysis",
     "logit_lens",
     "logit_lens_logits",
@@ -103,6 +115,7 @@ __all__ = [
     "pair_kinds",
     "parse_node_name",
     "patch_answer_digit",
+    "patch_pair",
     "pca",
     "phase_changes",
     "position_ablation",

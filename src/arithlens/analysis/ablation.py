@@ -4,19 +4,40 @@ One mechanism, two engines:
 
 - the general engine runs the TransformerBridge with a hook that overwrites
   the chosen slice of an activation (`ablate`, and `fast=False` below);
-- the fast engine (`node_ablation`, `position_ablation`) computes only what
-  an ablation can change. It caches one forward pass over the whole question
-  set, then for a node at layer l and position p changes that node's
+- the fast engine (`node_ablation`, `position_ablation`; see
+  `ablation_engine`) computes only what an ablation can change. It caches
+  one forward pass over the whole question set, then for a node at layer l
+  and position p changes that node's
   contribution to the residual stream at p and recomputes from there: the
   rest of layer l at p, then every later layer at all positions, then the
   answer logits. In the last layer nothing but the MLP and unembedding at p
   reads a change at p, so a 1-layer node costs one MLP and one unembedding at
   one position, and a last-layer node at a position that predicts no answer
-  digit changes nothing and costs nothing. A test holds both engines equal.
+  digit changes nothing and costs nothing. A position's whole output or
+  input costs one forward pass from layer 0. A test holds both engines equal.
 
 Replacements: "zero" writes zeros, "mean" the mean over the reference
 questions at the same position, "resample" the value from a reference
 question drawn (with replacement) by `seed`. Both engines draw the same rows.
+The reference defaults to 1,000 uniformly random questions of a fixed seed,
+never the tested set itself (see `reference`); every table records `method`
+and a description of the `reference` in two last columns.
+
+`position_ablation` ablates, one position at a time, one of these sites:
+
+- "attention+mlp output": every head's hook_z and the MLP output at the
+  position, in every layer: what the position computes. (In a 1-layer model
+  it, too, reaches only the digit the position predicts; what it measures
+  there is how much of that digit the position's computation carries, beside
+  the embedding's direct path to the unembedding.)
+- "input": hook_resid_pre of layer 0 (token + position embedding): what the
+  position is given, as every later position's attention reads it; this is
+  where a digit's dependence on the operand digits shows;
+- "resid_post" (only when asked for): the residual stream after every layer.
+  In a 1-layer model nothing but the unembedding at that position reads it,
+  so it shows each answer digit "computed" at the position before it whatever
+  the model does, and positions that predict no digit "change nothing" even
+  when their inputs matter. It cannot fail there and is not a measurement.
 
 Effects tables have one row per answer digit and sub-task class: for digit d
 below the top, BA = no carry into d, UC1 = carry into d and d not a sum-9,
@@ -31,23 +52,26 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from arithlens.analysis.accuracy import check_batch, check_chunk_size, progress_bar
-from arithlens.scoring import score_logits
+from arithlens.analysis.ablation_engine import Engine, Site, Target, chunks
+from arithlens.analysis.accuracy import check_batch, progress_bar
 from arithlens.analysis.attribution import digit_class_masks
-from arithlens.analysis.nodes import node_name
+from arithlens.analysis.naming import node_name
+from arithlens.analysis.reference import Reference, resolve_reference
 from arithlens.errors import ArithlensError
-from arithlens.model import AnswerForward, model_config_of
+from arithlens.model import model_config_of
+from arithlens.scoring import score_logits
 from arithlens.task import AdditionBatch, AdditionTask
 
 METHODS = ("zero", "mean", "resample")
 SUBTASK_CLASSES = ("all", "BA", "UC1", "US9")
-Site = tuple[str, int | None, int | None]  # (hook name, head, position) to overwrite; None = all of that axis
+# position_ablation's sites and the Target kind of each; the first two are its default.
+POSITION_SITES = ("attention+mlp output", "input")
+_SITE_KINDS = {"attention+mlp output": "output", "input": "input", "resid_post": "post"}
 
 
 # ----- effects per answer digit and sub-task class --------------------------------------------
@@ -117,27 +141,6 @@ class _Tally:
 
 
 # ----- what to ablate ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Target:
-    """One ablation: a head's z, an MLP's output, or (kind "post") the residual stream at a position.
-
-    A "post" target replaces resid_post at `position` in `layer` and every later layer.
-    """
-
-    kind: str  # "z" | "mlp_out" | "post"
-    layer: int
-    position: int
-    head: int | None = None
-
-    def sites(self, n_layers: int) -> list[Site]:
-        """(hook name, head, position) for the bridge engine."""
-        if self.kind == "z":
-            return [(f"blocks.{self.layer}.attn.hook_z", self.head, self.position)]
-        if self.kind == "mlp_out":
-            return [(f"blocks.{self.layer}.hook_mlp_out", None, self.position)]
-        return [(f"blocks.{layer}.hook_resid_post", None, self.position) for layer in range(self.layer, n_layers)]
-
-
 def _check_method(method: str) -> None:
     if method not in METHODS:
         raise ArithlensError(f"unknown ablation method {method!r}; use one of {', '.join(METHODS)}")
@@ -145,11 +148,6 @@ def _check_method(method: str) -> None:
 
 def _resample_rows(reference_size: int, count: int, seed: int) -> torch.Tensor:
     return torch.randint(0, reference_size, (count,), generator=torch.Generator().manual_seed(seed))
-
-
-def _chunks(size: int, chunk_size: int) -> list[slice]:
-    check_chunk_size(chunk_size)
-    return [slice(start, min(start + chunk_size, size)) for start in range(0, size, chunk_size)]
 
 
 # ----- general engine: the bridge with overwriting hooks ------------------------------------------
@@ -217,7 +215,7 @@ def _reference_values(model: TransformerBridge, reference: AdditionBatch, sites:
     device = next(model.parameters()).device
     collected: list[list[torch.Tensor]] = [[] for _ in sites]
     with torch.no_grad():
-        for part in _chunks(len(tokens), chunk_size):
+        for part in chunks(len(tokens), chunk_size):
             _, cache = model.run_with_cache(tokens[part].to(device), names_filter=lambda name: name in names)
             for values, (name, _, _), index in zip(collected, sites, indexes):
                 values.append(cache[name][index].sum(0) if method == "mean" else cache[name][index])
@@ -234,7 +232,7 @@ def _hooked_answer_logits(model: TransformerBridge, batch: AdditionBatch, sites:
     device = next(model.parameters()).device
     logits = []
     with torch.no_grad():
-        for part in _chunks(len(batch), chunk_size):
+        for part in chunks(len(batch), chunk_size):
             hooks = [(name, _overwriter([(index, value[part] if per_question else value)
                                          for (site, _, _), index, value in zip(sites, indexes, values) if site == name]))
                      for name in names]
@@ -243,19 +241,25 @@ def _hooked_answer_logits(model: TransformerBridge, batch: AdditionBatch, sites:
     return torch.cat(logits)
 
 
+def _recorded(frame: pd.DataFrame, method: str, reference: str) -> pd.DataFrame:
+    """The frame with the method and the reference's description as its last columns."""
+    return frame.assign(method=method, reference=reference)
+
+
 def ablate(model: TransformerBridge, batch: AdditionBatch, hook_name: str, *, method: str = "mean",
-           head: int | None = None, position: int | None = None, reference: AdditionBatch | None = None,
+           head: int | None = None, position: int | None = None, reference: Reference = None,
            seed: int = 0, chunk_size: int = 2048) -> pd.DataFrame:
     """Effects of ablating `hook_name` (one head and/or position of it, or all of it) over `batch`.
 
     `position` indexes the activation's position axis (the query for attention
-    patterns and scores); `reference` supplies the mean or resampled values and
-    defaults to `batch`. Effects columns as in the module docstring.
+    patterns and scores); `reference` (a batch or a QuestionSet) supplies the
+    mean or resampled values and defaults to 1,000 uniformly random questions
+    (see `arithlens.analysis.reference`). Effects columns as in the module
+    docstring, then [method, reference].
     """
     check_batch(model, batch)
-    reference = batch if reference is None else reference
-    check_batch(model, reference)
     _check_method(method)
+    reference, description = resolve_reference(model, batch, reference, method)
     sites = [(hook_name, head, position)]
     indexes = _site_index(model, batch, sites)
     rows = _resample_rows(len(reference), len(batch), seed) if method == "resample" else None
@@ -267,184 +271,25 @@ def ablate(model: TransformerBridge, batch: AdditionBatch, hook_name: str, *, me
     loss, predicted = score_logits(
         _hooked_answer_logits(model, batch, sites, indexes, values, rows is not None, chunk_size), answers)
     tally.add(0, tally.sums(loss, predicted == answers))
-    return tally.frame().drop(columns="ablation")
+    return _recorded(tally.frame().drop(columns="ablation"), method, description)
 
 
-# ----- fast engine: recompute only what an ablation changes ---------------------------------------
-@dataclass
-class _Cache:
-    """Per layer, at the positions that layer computes: z [b, q, head, d_head], resid_mid and mlp_out [b, q, d_model]."""
-
-    z: list[torch.Tensor] = field(default_factory=list)
-    mid: list[torch.Tensor] = field(default_factory=list)
-    mlp_out: list[torch.Tensor] = field(default_factory=list)
-    logits: torch.Tensor | None = None  # [b, n+1, d_vocab]
-    # the last layer's MLP at one position: (position, pre-activation, its logit contribution)
-    hidden: tuple[int, torch.Tensor, torch.Tensor] | None = None
-
-    def post(self, layer: int) -> torch.Tensor:
-        return self.mid[layer] + self.mlp_out[layer]
-
-    def site(self, target: _Target, layer: int, rel: int) -> torch.Tensor:
-        """The cached value a target overwrites, [b, ...]."""
-        if target.kind == "z":
-            return self.z[layer][:, rel, target.head]
-        if target.kind == "mlp_out":
-            return self.mlp_out[layer][:, rel]
-        return self.mid[layer][:, rel] + self.mlp_out[layer][:, rel]
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [*self.z, *self.mid, *self.mlp_out]
-
-    @staticmethod
-    def from_tensors(tensors: list[torch.Tensor]) -> _Cache:
-        layers = len(tensors) // 3
-        return _Cache(tensors[:layers], tensors[layers : 2 * layers], tensors[2 * layers :])
-
-
-class _Engine:
-    """The model as functions of its parameters, keeping what ablations need.
-
-    Layers before the last compute every position up to 3n+1; the last layer
-    computes queries onwards only at the answer-predicting positions.
-    """
-
-    def __init__(self, model: TransformerBridge) -> None:
-        self.f = AnswerForward(model)  # its norm/linear/activation helpers and masks
-        self.config = self.f.config
-        self.last = self.config.n_layers - 1
-        self.folded: dict[str, torch.Tensor] | None = None
-        if self.config.normalization is None:
-            # Without normalisation the last MLP's input and the unembedding are linear maps, so a
-            # head's change folds through them: only the MLP's nonlinearity is recomputed, at
-            # d_head -> d_mlp -> d_vocab cost instead of d_model -> d_mlp -> d_model.
-            params, prefix = self.f.params, f"blocks.{self.last}"
-            with torch.no_grad():
-                w_o = params[f"{prefix}.attn.o.weight"]  # [d_model, head * d_head]
-                self.folded = {
-                    "in_o": params[f"{prefix}.mlp.in.weight"] @ w_o,  # [d_mlp, head * d_head]
-                    "unembed_o": params["unembed.weight"] @ w_o,  # [d_vocab, head * d_head]
-                    "unembed_out": params["unembed.weight"] @ params[f"{prefix}.mlp.out.weight"],  # [d_vocab, d_mlp]
-                }
-
-    def first_query(self, layer: int) -> int:
-        return self.f.first_answer_logit if layer == self.last else 0
-
-    def reaches_answers(self, layer: int, position: int) -> bool:
-        """Whether a change at (layer, position) can reach any answer logit (causal attention)."""
-        return position < self.f.kv_len and position >= self.first_query(layer)
-
-    def _mlp(self, mid: torch.Tensor, layer: int) -> torch.Tensor:
-        prefix = f"blocks.{layer}"
-        hidden = self.f._activation(self.f._linear(self.f._norm(mid, f"{prefix}.ln2"), f"{prefix}.mlp.in"))
-        return self.f._linear(hidden, f"{prefix}.mlp.out")
-
-    def _unembed(self, resid: torch.Tensor) -> torch.Tensor:
-        return self.f._linear(self.f._norm(resid, "ln_final"), "unembed")
-
-    def layers(self, resid: torch.Tensor, first: int, cache: _Cache | None = None,
-               edit: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-        """Answer logits from resid_pre of layer `first` ([b, kv_len, d_model]); `edit` may change each resid_post in place."""
-        f = self.f
-        for layer in range(first, self.config.n_layers):
-            prefix, start = f"blocks.{layer}", self.first_query(layer)
-            normed = f._norm(resid, f"{prefix}.ln1")
-            keys = f._heads(f._linear(normed, f"{prefix}.attn.k"))  # [b, head, kv_len, d_head]
-            values = f._heads(f._linear(normed, f"{prefix}.attn.v"))
-            queries = f._heads(f._linear(normed[:, start:], f"{prefix}.attn.q"))  # [b, head, q, d_head]
-            scores = (queries @ keys.transpose(-1, -2)) / f.scale
-            pattern = scores.masked_fill(f.full_mask[start:], float("-inf")).softmax(dim=-1)
-            z = (pattern @ values).transpose(1, 2)  # [b, q, head, d_head]
-            mid = resid[:, start:] + f._linear(z.flatten(2), f"{prefix}.attn.o")
-            mlp_out = self._mlp(mid, layer)
-            resid = mid + mlp_out
-            if cache is not None:
-                cache.z.append(z)
-                cache.mid.append(mid)
-                cache.mlp_out.append(mlp_out)
-            if edit is not None:
-                edit(layer, resid)
-        return self._unembed(resid)
-
-    def run(self, tokens: torch.Tensor) -> _Cache:
-        tokens = tokens[:, : self.f.kv_len]
-        resid = self.f.params["embed.weight"][tokens] + self.f.params["pos_embed.weight"][: self.f.kv_len]
-        cache = _Cache()
-        cache.logits = self.layers(resid, 0, cache)
-        return cache
-
-    def _folded_head_change(self, cache: _Cache, rel: int, head: slice, dz: torch.Tensor) -> torch.Tensor:
-        """Change in the logits [b, d_vocab] at last-layer position `rel` when one head's z moves by dz."""
-        folded = self.folded
-        if cache.hidden is None or cache.hidden[0] != rel:  # shared by the heads at one position
-            pre = self.f._linear(cache.mid[self.last][:, rel], f"blocks.{self.last}.mlp.in")  # [b, d_mlp]
-            cache.hidden = (rel, pre, self.f._activation(pre) @ folded["unembed_out"].T)
-        _, pre, mlp_logits = cache.hidden
-        new_post = self.f._activation(torch.addmm(pre, dz, folded["in_o"][:, head].T))  # [b, d_mlp]
-        return new_post @ folded["unembed_out"].T - mlp_logits + dz @ folded["unembed_o"][:, head].T
-
-    def ablated_logits(self, cache: _Cache, target: _Target, source: _Cache | None) -> torch.Tensor | None:
-        """Answer logits with `target` overwritten from `source` (None = zeros); None when nothing changes."""
-        layer, position = target.layer, target.position
-        if not self.reaches_answers(layer, position):
-            return None
-        rel = position - self.first_query(layer)
-        old = cache.site(target, layer, rel)
-        new = torch.zeros_like(old[:1]) if source is None else source.site(target, layer, rel)
-        edit = None
-        if target.kind == "z":
-            head = slice(target.head * self.config.d_head, (target.head + 1) * self.config.d_head)
-            if layer == self.last and self.folded is not None:
-                logits = cache.logits.clone()
-                logits[:, rel] += self._folded_head_change(cache, rel, head, new - old)
-                return logits
-            w_o = self.f.params[f"blocks.{layer}.attn.o.weight"][:, head]
-            mid = cache.mid[layer][:, rel] + (new - old) @ w_o.T  # [b, d_model]
-            post = mid + self._mlp(mid, layer)
-        elif target.kind == "mlp_out":
-            post = cache.mid[layer][:, rel] + new
-        else:
-            post = new.expand_as(old)
-
-            def edit(later: int, resid: torch.Tensor) -> None:
-                later_rel = position - self.first_query(later)
-                if later_rel >= 0:
-                    resid[:, later_rel] = 0.0 if source is None else source.site(target, later, later_rel)
-
-        if layer == self.last:
-            logits = cache.logits.clone()
-            logits[:, rel] = self._unembed(post)
-            return logits
-        resid = cache.post(layer).clone()
-        resid[:, position] = post
-        return self.layers(resid, layer + 1, edit=edit)
-
-
-def _fast_tally(model: TransformerBridge, batch: AdditionBatch, targets: list[_Target], method: str, seed: int,
-                chunk_size: int, progress: bool, label: str) -> _Tally:
-    engine = _Engine(model)
+def _fast_tally(model: TransformerBridge, batch: AdditionBatch, reference: AdditionBatch, targets: list[Target],
+                method: str, seed: int, chunk_size: int, progress: bool, label: str) -> _Tally:
+    engine = Engine(model)
     n = batch.n_digits
     device = engine.f.answer_mask.device
     tally = _Tally(n, len(targets))
-    parts = _chunks(len(batch), chunk_size)
-    rows = _resample_rows(len(batch), len(batch), seed) if method == "resample" else None
+    parts = chunks(len(batch), chunk_size)
+    rows = _resample_rows(len(reference), len(batch), seed) if method == "resample" else None
     with torch.inference_mode(), progress_bar(len(targets) * len(parts), label, progress) as advance:
-        kept: _Cache | None = None
-        means: _Cache | None = None
-        if method == "mean":
-            # A first pass for the means holds one chunk's cache at a time; a single chunk is kept for reuse.
-            totals: list[torch.Tensor] = []
-            for part in parts:
-                kept = engine.run(batch.tokens[part].to(device))
-                sums = [t.sum(0, keepdim=True) for t in kept.tensors()]
-                totals = [a + b for a, b in zip(totals, sums)] if totals else sums
-            means = _Cache.from_tensors([t / len(batch) for t in totals])
+        means = engine.means(reference, chunk_size) if method == "mean" else None
         for part in parts:
             tokens = batch.tokens[part].to(device)
-            cache = kept if len(parts) == 1 and kept is not None else engine.run(tokens)
+            cache = engine.run(tokens)
             source = means
             if rows is not None:
-                source = engine.run(batch.tokens[rows[part]].to(device))
+                source = engine.run(reference.tokens[rows[part]].to(device))
             answers = tokens[:, 2 * n + 2 :]
             base_loss, base_predicted = score_logits(cache.logits, answers)
             base_sums = tally.add_baseline(batch.select(part), base_loss, base_predicted == answers)
@@ -459,8 +304,8 @@ def _fast_tally(model: TransformerBridge, batch: AdditionBatch, targets: list[_T
     return tally
 
 
-def _brute_tally(model: TransformerBridge, batch: AdditionBatch, targets: list[_Target], method: str, seed: int,
-                 chunk_size: int, progress: bool, label: str) -> _Tally:
+def _brute_tally(model: TransformerBridge, batch: AdditionBatch, reference: AdditionBatch, targets: list[Target],
+                 method: str, seed: int, chunk_size: int, progress: bool, label: str) -> _Tally:
     """One full hooked bridge forward per target; the replacement values are gathered once for all."""
     n_layers = model_config_of(model).n_layers
     answers = batch.tokens[:, 2 * batch.n_digits + 2 :]
@@ -469,8 +314,8 @@ def _brute_tally(model: TransformerBridge, batch: AdditionBatch, targets: list[_
     tally.add_baseline(batch, base_loss, base_predicted == answers)
     sites = [site for target in targets for site in target.sites(n_layers)]
     indexes = _site_index(model, batch, sites)
-    rows = _resample_rows(len(batch), len(batch), seed) if method == "resample" else None
-    values = _reference_values(model, batch, sites, indexes, method, rows, chunk_size)
+    rows = _resample_rows(len(reference), len(batch), seed) if method == "resample" else None
+    values = _reference_values(model, reference, sites, indexes, method, rows, chunk_size)
     start = 0
     with progress_bar(len(targets), label, progress) as advance:
         for number, target in enumerate(targets):
@@ -484,31 +329,33 @@ def _brute_tally(model: TransformerBridge, batch: AdditionBatch, targets: list[_
     return tally
 
 
-def _run_targets(model: TransformerBridge, batch: AdditionBatch, targets: list[_Target], method: str, fast: bool,
-                 seed: int, chunk_size: int, progress: bool, label: str) -> pd.DataFrame:
-    check_batch(model, batch)
-    _check_method(method)
+def _run_targets(model: TransformerBridge, batch: AdditionBatch, reference: AdditionBatch, targets: list[Target],
+                 method: str, fast: bool, seed: int, chunk_size: int, progress: bool, label: str) -> pd.DataFrame:
     run = _fast_tally if fast else _brute_tally
-    return run(model, batch.to("cpu"), targets, method, seed, chunk_size, progress, label).frame()
+    return run(model, batch.to("cpu"), reference.to("cpu"), targets, method, seed, chunk_size, progress,
+               label).frame()
 
 
-def node_ablation(model: TransformerBridge, batch: AdditionBatch, *, method: str = "mean", fast: bool = True,
-                  progress: bool = False, seed: int = 0, chunk_size: int = 16384) -> pd.DataFrame:
+def node_ablation(model: TransformerBridge, batch: AdditionBatch, *, method: str = "mean", reference: Reference = None,
+                  fast: bool = True, progress: bool = False, seed: int = 0, chunk_size: int = 16384) -> pd.DataFrame:
     """Ablate every head (its hook_z) and every MLP (its hook_mlp_out) at every position, one at a time.
 
     Columns [node, kind, position, layer, head (-1 for MLPs)] + the effects
-    columns. `fast=False` runs one full bridge forward per node (slow; for
-    checking). `seed` draws the resampled questions; `chunk_size` bounds how
-    many questions are cached at once (beyond one chunk, mean ablation takes
-    an extra pass for the means).
+    columns + [method, reference]. `reference` as in `ablate` (default: 1,000
+    uniformly random questions). `fast=False` runs one full bridge forward per
+    node (slow; for checking). `seed` draws the resampled questions;
+    `chunk_size` bounds how many questions are cached at once.
     """
+    check_batch(model, batch)
+    _check_method(method)
+    reference, description = resolve_reference(model, batch, reference, method)
     config = model_config_of(model)
     targets = []
     for position in range(config.n_ctx):
         for layer in range(config.n_layers):
-            targets += [_Target("z", layer, position, head) for head in range(config.n_heads)]
-            targets.append(_Target("mlp_out", layer, position))
-    frame = _run_targets(model, batch, targets, method, fast, seed, chunk_size, progress, "node ablation")
+            targets += [Target("z", layer, position, head) for head in range(config.n_heads)]
+            targets.append(Target("mlp_out", layer, position))
+    frame = _run_targets(model, batch, reference, targets, method, fast, seed, chunk_size, progress, "node ablation")
     node = pd.DataFrame({
         "node": [node_name(t.position, t.layer, t.head) for t in targets],
         "kind": ["head" if t.kind == "z" else "mlp" for t in targets],
@@ -516,21 +363,37 @@ def node_ablation(model: TransformerBridge, batch: AdditionBatch, *, method: str
         "layer": [t.layer for t in targets],
         "head": [-1 if t.head is None else t.head for t in targets],
     })
-    return node.iloc[frame["ablation"]].reset_index(drop=True).join(frame.drop(columns="ablation"))
+    frame = node.iloc[frame["ablation"]].reset_index(drop=True).join(frame.drop(columns="ablation"))
+    return _recorded(frame, method, description)
 
 
-def position_ablation(model: TransformerBridge, batch: AdditionBatch, *, method: str = "mean", fast: bool = True,
+def position_ablation(model: TransformerBridge, batch: AdditionBatch, *, method: str = "mean",
+                      reference: Reference = None, sites: tuple[str, ...] = POSITION_SITES, fast: bool = True,
                       progress: bool = False, seed: int = 0, chunk_size: int = 16384) -> pd.DataFrame:
-    """Ablate the residual stream (hook_resid_post of every layer) at each position, one position at a time.
+    """Ablate each position's `sites`, one position and site at a time.
 
-    Columns [position, position_name, answer_digit, questions, loss, loss_delta,
-    accuracy, accuracy_delta], for subtask_class "all" only.
+    Sites (see the module docstring): "attention+mlp output" (what the
+    position computes, every layer), "input" (its layer-0 resid_pre) and, only
+    when asked for, "resid_post" (which in a 1-layer model cannot fail).
+    Columns [site, position, position_name, answer_digit, questions, loss,
+    loss_delta, accuracy, accuracy_delta, method, reference], for
+    subtask_class "all" only; sites in the order given.
     """
+    sites = (sites,) if isinstance(sites, str) else tuple(sites)  # one site may come as a bare string
+    unknown = [site for site in sites if site not in _SITE_KINDS]
+    if unknown or not sites:
+        raise ArithlensError(f"unknown position ablation site(s) {unknown}; use some of {', '.join(_SITE_KINDS)}")
+    check_batch(model, batch)
+    _check_method(method)
+    reference, description = resolve_reference(model, batch, reference, method)
     config = model_config_of(model)
-    targets = [_Target("post", 0, position) for position in range(config.n_ctx)]
-    frame = _run_targets(model, batch, targets, method, fast, seed, chunk_size, progress, "position ablation")
+    targets = [Target(_SITE_KINDS[site], 0, position) for site in sites for position in range(config.n_ctx)]
+    frame = _run_targets(model, batch, reference, targets, method, fast, seed, chunk_size, progress,
+                         "position ablation")
     frame = frame[frame["subtask_class"] == "all"].reset_index(drop=True)
     names = AdditionTask(config.n_digits).position_names()
-    frame.insert(0, "position_name", [names[i] for i in frame["ablation"]])
-    frame.insert(0, "position", frame.pop("ablation"))
-    return frame.drop(columns="subtask_class")
+    ablation = frame.pop("ablation")
+    frame.insert(0, "position_name", [names[i % config.n_ctx] for i in ablation])
+    frame.insert(0, "position", ablation % config.n_ctx)
+    frame.insert(0, "site", [sites[i // config.n_ctx] for i in ablation])
+    return _recorded(frame.drop(columns="subtask_class"), method, description)

@@ -9,6 +9,11 @@ the digit tokens 0-9 is right; that equals greedy generation's verdict, since
 generation sees the same prefix up to its first wrong digit. Losses are the
 training loss: float64 log-softmax over all 12 logits.
 
+`failure_table` lists wrong answers with the sub-task labels of their digits;
+`failure_patterns` groups the wrong digits by the state of the digit pairs below
+them (MakeCarry1 / MakeSum9 / neither) against how often each state occurs, which
+is where a 1-layer model's failures show their cause (most sit above a MakeSum9 pair).
+
 "Nines" follow the published convention: on 1M questions 0-1 failures is six
 nines and 2-10 is five, i.e. the largest k with max(failures, 1) * 10^k <= total.
 """
@@ -65,6 +70,11 @@ class EvalResult:
     def loss(self) -> float:
         """Mean loss over questions and answer digits."""
         return float(self.loss_per_digit.mean())
+
+    def __repr__(self) -> str:
+        # The generated dataclass repr printed every tensor: kilobytes for one look at a result.
+        return (f"EvalResult({len(self):,} questions, {self.batch.n_digits} digits: "
+                f"accuracy {100 * self.accuracy:.4f}%, {self.failures:,} wrong, loss {self.loss:.4g})")
 
 
 def check_batch(model: TransformerBridge, batch: AdditionBatch) -> int:
@@ -240,11 +250,58 @@ def _digit_list(flags: torch.Tensor) -> list[str]:
     return [",".join(f"D{d}" for d in range(n - 1, -1, -1) if row[d]) for row in flags.tolist()]
 
 
+PAIR_STATES = ("MakeCarry1", "MakeSum9", "neither")  # the tri-state of a digit pair (as analysis.pca names it)
+NO_PAIR = "none"  # below A0 (and below A1, two pairs down) there is no digit pair
+_STATE_NAMES = (*PAIR_STATES, NO_PAIR)  # index 3 = NO_PAIR
+_STATE_PHRASES = {"MakeCarry1": "a pair summing to 10 or more", "MakeSum9": "a pair summing to 9",
+                  "neither": "a pair summing to 8 or less"}
+PATTERN_GROUPS = ("pair d-1", "pairs d-1, d-2")
+PATTERN_MIN_RATIO = 1.5  # below this, a state's excess among the wrong digits is not worth a headline
+FAILURE_PATTERN_COLUMNS = ["answer_digit", "below", "state", "wrong_digits", "wrong_share", "base_rate", "ratio"]
+
+
+def pair_states(batch: AdditionBatch) -> torch.Tensor:
+    """The tri-state of every digit pair, [batch, n] units first, as indices into PAIR_STATES.
+
+    By x_d + y_d alone, as the published work and `analysis.pca` define it: >= 10 makes a carry
+    by itself (MakeCarry1), 9 passes one on (MakeSum9), <= 8 neither. A carry coming in does not count.
+    """
+    sums = batch.base_add
+    return torch.where(sums >= 10, 0, torch.where(sums == 9, 1, 2))
+
+
+def _state_below(states: torch.Tensor, digit: int, offset: int) -> torch.Tensor:
+    """[batch] state index of pair digit-offset under answer digit A`digit`; 3 (NO_PAIR) where there is none."""
+    pair = digit - offset
+    if pair < 0:
+        return torch.full((states.shape[0],), len(PAIR_STATES), dtype=torch.long)
+    return states[:, pair]
+
+
+def _pairs_below(states: torch.Tensor, wrong: torch.Tensor) -> list[str]:
+    """For every row, each wrong answer digit with the two pairs below it: "A3: D2 MakeSum9, D1 MakeCarry1"."""
+    n = states.shape[1]
+    texts = []
+    for pair_row, wrong_row in zip(states.tolist(), wrong.tolist()):
+        parts = []
+        for column, is_wrong in enumerate(wrong_row):
+            if not is_wrong:
+                continue
+            digit = n - column
+            below = [f"D{p} {PAIR_STATES[pair_row[p]]}" for p in (digit - 1, digit - 2) if p >= 0]
+            parts.append(f"A{digit}: " + (", ".join(below) if below else NO_PAIR))
+        texts.append("; ".join(parts))
+    return texts
+
+
 def failure_table(result: EvalResult, task: AdditionTask, limit: int | None = None) -> pd.DataFrame:
     """One row per wrongly answered question (the first `limit` of them).
 
     Columns [question, expected, predicted, wrong_digits, category, cascade_depth,
-    use_carry1, use_sum9]; the label columns list digits like "D3,D1" ("" for none).
+    use_carry1, use_sum9, make_sum9, make_carry1, pairs_below]. The label columns list
+    digits like "D3,D1" ("" for none); make_carry1 is the carry out of a digit, cascades
+    included. pairs_below gives each wrong digit with the tri-state of the two pairs
+    below it, e.g. "A3: D2 MakeSum9, D1 MakeCarry1; A0: none".
     """
     if task.n_digits != result.batch.n_digits:
         raise ArithlensError(f"the task has {task.n_digits} digits but the result has {result.batch.n_digits}")
@@ -253,14 +310,125 @@ def failure_table(result: EvalResult, task: AdditionTask, limit: int | None = No
     index = torch.nonzero(~result.correct).squeeze(1)[:limit]
     failed = result.batch.select(index)
     names = task.answer_digit_names()
-    wrong = result.correct_digits[index]
+    wrong = ~result.correct_digits[index]
     return pd.DataFrame({
         "question": task.questions(failed),
         "expected": task.answers(failed),
         "predicted": ["".join(str(d) for d in row) for row in result.predicted[index].tolist()],
-        "wrong_digits": [",".join(name for name, ok in zip(names, row) if not ok) for row in wrong.tolist()],
+        "wrong_digits": [",".join(name for name, bad in zip(names, row) if bad) for row in wrong.tolist()],
         "category": [QuestionCategory(c).label for c in failed.category.tolist()],
         "cascade_depth": failed.cascade_depth.tolist(),
         "use_carry1": _digit_list(failed.use_carry1),
         "use_sum9": _digit_list(failed.use_sum9),
+        "make_sum9": _digit_list(failed.make_sum9),
+        "make_carry1": _digit_list(failed.make_carry1),
+        "pairs_below": _pairs_below(pair_states(failed), wrong),
     })
+
+
+def failure_patterns(result: EvalResult, task: AdditionTask) -> pd.DataFrame:
+    """What the wrong digits have in common: the state of the digit pairs below them, against base rates.
+
+    Every wrong answer digit A_d of every question counts once, grouped by the tri-state
+    (PAIR_STATES, or "none" below A0) of the pair directly below ("pair d-1") and of the two
+    pairs below ("pairs d-1, d-2", state like "MakeSum9, MakeCarry1"). Columns
+    [answer_digit, below, state, wrong_digits, wrong_share, base_rate, ratio]:
+
+    - per answer digit (rows "A5" .. "A0", digits with a wrong answer only): wrong_share is the
+      share of that digit's wrong answers in the state; base_rate how often the state occurs
+      under that digit across all of the result's questions; ratio = wrong_share / base_rate;
+    - "all" rows pool the digits: wrong_share is over all wrong digits, and base_rate averages the
+      digits' base rates weighted by their share of the wrong digits, so a digit that fails
+      often does not pass for a state that does (and "none" gets ratio 1).
+
+    Rows where the state neither occurs nor fails are left out; "all" rows come first, then the
+    digits An .. A0, each group by wrong_digits, most first. An empty table when nothing is wrong.
+    """
+    if task.n_digits != result.batch.n_digits:
+        raise ArithlensError(f"the task has {task.n_digits} digits but the result has {result.batch.n_digits}")
+    n = task.n_digits
+    kinds = len(_STATE_NAMES)
+    states = pair_states(result.batch)
+    wrong = ~result.correct_digits  # [batch, n+1], An .. A0
+    total = len(result)
+    # per group: [n+1 digits (units first), codes] counts of wrong digits and of all questions
+    counts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for group, depth in zip(PATTERN_GROUPS, (1, 2)):
+        size = kinds**depth
+        wrong_counts = torch.zeros(n + 1, size, dtype=torch.long)
+        base_counts = torch.zeros(n + 1, size, dtype=torch.long)
+        for digit in range(n + 1):
+            code = _state_below(states, digit, 1)
+            if depth == 2:
+                code = code * kinds + _state_below(states, digit, 2)
+            base_counts[digit] = torch.bincount(code, minlength=size)
+            wrong_counts[digit] = torch.bincount(code[wrong[:, n - digit]], minlength=size)
+        counts[group] = (wrong_counts, base_counts)
+
+    wrong_per_digit = wrong.sum(dim=0).flip(0).double()  # [n+1], units first
+    wrong_total = float(wrong_per_digit.sum())
+    if wrong_total == 0:
+        return pd.DataFrame(columns=FAILURE_PATTERN_COLUMNS)
+    pooled: list[dict[str, str | int | float]] = []
+    by_digit: dict[int, list[dict[str, str | int | float]]] = {d: [] for d in range(n, -1, -1)}
+    for group, (wrong_counts, base_counts) in counts.items():
+        base_rates = base_counts.double() / total  # [n+1, codes]
+        weights = wrong_per_digit / wrong_total
+        pooled += _pattern_rows("all", group, wrong_counts.sum(dim=0), wrong_counts.sum(dim=0).double() / wrong_total,
+                                weights @ base_rates)
+        for digit in by_digit:
+            if wrong_per_digit[digit] > 0:
+                by_digit[digit] += _pattern_rows(f"A{digit}", group, wrong_counts[digit],
+                                                 wrong_counts[digit].double() / wrong_per_digit[digit],
+                                                 base_rates[digit])
+    return pd.DataFrame([*pooled, *(row for rows in by_digit.values() for row in rows)],
+                        columns=FAILURE_PATTERN_COLUMNS)
+
+
+def _pattern_rows(digit: str, group: str, wrong: torch.Tensor, share: torch.Tensor,
+                  base: torch.Tensor) -> list[dict[str, str | int | float]]:
+    """The rows of one (answer digit, grouping): codes that occur or fail, most wrong digits first."""
+    kinds = len(_STATE_NAMES)
+    rows = []
+    for code in sorted(range(len(wrong)), key=lambda c: (-int(wrong[c]), -float(base[c]))):
+        if int(wrong[code]) == 0 and float(base[code]) == 0.0:
+            continue
+        first, second = divmod(code, kinds)
+        state = _STATE_NAMES[code] if len(wrong) == kinds else f"{_STATE_NAMES[first]}, {_STATE_NAMES[second]}"
+        rate = float(base[code])
+        rows.append({"answer_digit": digit, "below": group, "state": state, "wrong_digits": int(wrong[code]),
+                     "wrong_share": float(share[code]), "base_rate": rate,
+                     "ratio": float(share[code]) / rate if rate > 0 else float("nan")})
+    return rows
+
+
+def _percent(share: float) -> str:
+    """51%, or 0.45% for shares under 1% (which would round to a misleading 0%)."""
+    return f"{100 * share:.0f}%" if share >= 0.01 else f"{100 * share:.2g}%"
+
+
+def failure_pattern_summary(patterns: pd.DataFrame) -> str:
+    """One sentence on the most over-represented state below the wrong digits, from `failure_patterns`.
+
+    The state of the pair directly below whose share of the wrong digits most exceeds its base
+    rate; when even that one is under PATTERN_MIN_RATIO times its base rate, a sentence saying so.
+
+    E.g. "51% of wrong digits (180 of 353) sit above a pair summing to 9 (base rate 10%)."
+    """
+    if patterns.empty:
+        return "No wrong digits."
+    pooled = patterns[(patterns["answer_digit"] == "all") & (patterns["below"] == PATTERN_GROUPS[0])]
+    states = pooled[pooled["state"].isin(PAIR_STATES)]
+    excess = states["wrong_share"] - states["base_rate"]
+    best = states.loc[excess.idxmax()] if len(states) else None
+    if best is None or best.ratio < PATTERN_MIN_RATIO:
+        closest = "" if best is None else f" (at most {best.ratio:.2f} times, above {_STATE_PHRASES[best.state]})"
+        return f"Wrong digits sit above each kind of digit pair about as often as that pair occurs{closest}."
+    return (f"{_percent(best.wrong_share)} of wrong digits ({int(best.wrong_digits):,} of "
+            f"{int(pooled['wrong_digits'].sum()):,}) sit above {_STATE_PHRASES[best.state]} "
+            f"(base rate {_percent(best.base_rate)}).")
+
+
+def failure_pattern_digest(patterns: pd.DataFrame, top: int = 8) -> dict[str, object]:
+    """For summary.json: the sentence of `failure_pattern_summary` and the first `top` rows (the pooled ones)."""
+    return {"summary": failure_pattern_summary(patterns), "top": patterns.head(top).to_dict("records")}

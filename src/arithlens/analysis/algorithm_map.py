@@ -11,11 +11,15 @@ A node is credited with a role when either kind of causal evidence supports it:
 
 - patching: patching the node alone from the clean into the corrupted question
   of that role's pair kind (see `patching`) restores at least
-  `patch_threshold` of the clean-vs-corrupted logit difference of A_d. Only
-  pair sets the model can do count: it must get A_d right on at least half of
-  the clean questions and prefer the clean digit by at least `min_span`
-  logits more on the clean than on the corrupted questions (otherwise the
-  recovery ratio divides noise by noise);
+  `patch_threshold` of the clean-vs-corrupted logit difference of A_d, and
+  makes more pairs give the clean answer digit than do unpatched: the 95%
+  interval of the net flip rate (flips - baseline_flips) lies above 0. A
+  model that fails the corrupted questions may "flip" half the pairs with no
+  patch at all, so raw flips are no evidence. Only pair sets the model can do
+  count: it must get A_d right on at least half of the clean questions and
+  prefer the clean digit by at least `min_span` logits more on the clean than
+  on the corrupted questions (otherwise the recovery ratio divides noise by
+  noise);
 - ablation (BaseAdd and MakeCarry1 only): mean-ablating it drops A_d's accuracy
   on the BA class (no carry in) by at least `threshold` (BaseAdd), or on the UC1
   class (carry in) by at least `threshold` while the BA drop is at most half
@@ -40,8 +44,10 @@ from arithlens.errors import ArithlensError
 
 ROLES = ("BaseAdd", "MakeCarry1", "MakeSum9", "UseSum9")
 MAP_COLUMNS = ["answer_digit", "role", "node", "kind", "position", "layer", "head", "supported_by", "confidence",
-               "patching_recovery", "patching_flips", "ablation_drop", "pca_separation", "pca_silhouette",
-               "attends_to", "evidence"]
+               "patching_recovery", "patching_net_flips", "patching_net_flips_ci_low", "patching_net_flips_ci_high",
+               "ablation_drop", "pca_separation", "pca_silhouette", "attends_to", "evidence"]
+_PATCHING_NEEDS = {"kind", "answer_digit", "node", "recovery", "baseline_flips", "net_flips", "net_flips_ci_low",
+                   "net_flips_ci_high"}
 _PCA_OFFSET = {"MakeCarry1": 1, "MakeSum9": 1, "UseSum9": 2}  # which pair's tri-state speaks for a role
 
 
@@ -91,14 +97,19 @@ def algorithm_map(n_digits: int, ablation: pd.DataFrame, *, patching: pd.DataFra
     frame, `pca` the summary of `head_output_pca`, `attention` a `top_attended`
     frame. `min_span` is in logits. Columns [answer_digit, role, node, kind, position, layer, head,
     supported_by ("patching,ablation"), confidence (number of evidence kinds
-    that agree, PCA included), patching_recovery, patching_flips,
-    ablation_drop, pca_separation, pca_silhouette, attends_to, evidence].
+    that agree, PCA included), patching_recovery, patching_net_flips (flips
+    net of the unpatched baseline) and its 95% interval
+    patching_net_flips_ci_low / _high, ablation_drop, pca_separation,
+    pca_silhouette, attends_to, evidence].
     """
     if not 0 <= threshold < 1 or not 0 < patch_threshold <= 1:
         raise ArithlensError("threshold must lie in [0, 1) and patch_threshold in (0, 1]")
     required = {"node", "kind", "position", "layer", "head", "answer_digit", "subtask_class", "accuracy_delta"}
     if not required <= set(ablation.columns):
         raise ArithlensError(f"ablation must be a node_ablation table (missing {sorted(required - set(ablation.columns))})")
+    if patching is not None and not _PATCHING_NEEDS <= set(patching.columns):
+        raise ArithlensError(f"patching must be an activation_patching table with flips net of the baseline "
+                             f"(missing {sorted(_PATCHING_NEEDS - set(patching.columns))}); rerun the patching")
     drops = _drops(ablation)
     info = ablation.drop_duplicates("node").set_index("node")[["kind", "position", "layer", "head"]]
     patch_index = {} if patching is None else {
@@ -107,7 +118,7 @@ def algorithm_map(n_digits: int, ablation: pd.DataFrame, *, patching: pd.DataFra
         (row.answer_digit, row.node, int(row.pair_offset)): row for row in pca.itertuples(index=False)}
     nodes = set(info.index) | {key[2] for key in patch_index}
     rows = []
-    limits = _Limits(threshold, patch_threshold, pca_threshold, min_span)
+    limits = _Limits(threshold, patch_threshold, pca_threshold, min_span, _ablating(ablation))
     for digit in range(n_digits, -1, -1):
         name = f"A{digit}"
         for role in roles_for(digit, n_digits):
@@ -122,6 +133,15 @@ class _Limits:
     patch_threshold: float
     pca_threshold: float
     min_span: float
+    ablating: str  # how the ablation evidence was measured, e.g. "mean-ablating it (against ...)"
+
+
+def _ablating(ablation: pd.DataFrame) -> str:
+    """The words for the ablation behind the evidence: its method and, where recorded, its reference."""
+    method = str(ablation["method"].iloc[0]) if "method" in ablation.columns and len(ablation) else "mean"
+    if "reference" not in ablation.columns or not len(ablation) or method == "zero":
+        return f"{method}-ablating it"
+    return f"{method}-ablating it (against {ablation['reference'].iloc[0]})"
 
 
 def _claim(name: str, digit: int, role: str, node: str, info: pd.DataFrame, drops: dict, patch_index: dict,
@@ -129,12 +149,14 @@ def _claim(name: str, digit: int, role: str, node: str, info: pd.DataFrame, drop
     """The claim row for one (digit, role, node), or nothing if no causal evidence supports it."""
     supported, evidence = [], []
     patch = patch_index.get((role, name, node))
-    recovery = float(patch.recovery) if patch is not None else float("nan")
-    flips = float(patch.flips) if patch is not None else float("nan")
-    if patch is not None and recovery >= limits.patch_threshold and _model_does(patch, limits.min_span):
+    nan = float("nan")
+    recovery, net, low, high = (nan, nan, nan, nan) if patch is None else (
+        float(patch.recovery), float(patch.net_flips), float(patch.net_flips_ci_low), float(patch.net_flips_ci_high))
+    if patch is not None and recovery >= limits.patch_threshold and low > 0 and _model_does(patch, limits.min_span):
         supported.append("patching")
-        evidence.append(f"patching it from {role} pairs restores {recovery:.0%} of A{digit}'s logit difference "
-                        f"({flips:.0%} of pairs flip to the clean answer)")
+        evidence.append(f"patching it from {role} pairs restores {recovery:.0%} of A{digit}'s logit difference; "
+                        f"{net:+.0%} of pairs flip to the clean answer, net of the {float(patch.baseline_flips):.0%} "
+                        f"that flip unpatched (95% CI {low:.0%} to {high:.0%})")
     classes = drops.get((node, name), {})
     base, carry = classes.get("BA", (0.0, 0.0)), classes.get("UC1", (0.0, 0.0))
     ablation_drop = float("nan")
@@ -142,12 +164,13 @@ def _claim(name: str, digit: int, role: str, node: str, info: pd.DataFrame, drop
         ablation_drop = base[0]
         if base[0] >= limits.threshold and base[1] >= 0.5:
             supported.append("ablation")
-            evidence.append(f"mean-ablating it drops A{digit} accuracy by {base[0]:.0%} on questions with no carry in")
+            evidence.append(f"{limits.ablating} drops A{digit} accuracy by {base[0]:.0%} on questions with no "
+                            f"carry in")
     elif role == "MakeCarry1":
         ablation_drop = carry[0]
         if carry[0] >= limits.threshold and carry[1] >= 0.5 and base[0] <= carry[0] / 2:
             supported.append("ablation")
-            evidence.append(f"mean-ablating it drops A{digit} accuracy by {carry[0]:.0%} with a carry in "
+            evidence.append(f"{limits.ablating} drops A{digit} accuracy by {carry[0]:.0%} with a carry in "
                             f"vs {base[0]:.0%} without")
     if not supported:
         return []
@@ -171,7 +194,8 @@ def _claim(name: str, digit: int, role: str, node: str, info: pd.DataFrame, drop
     return [{
         "answer_digit": name, "role": role, "node": node, "kind": kind, "position": int(position),
         "layer": int(layer), "head": int(head), "supported_by": ",".join(supported), "confidence": confidence,
-        "patching_recovery": recovery, "patching_flips": flips, "ablation_drop": ablation_drop,
+        "patching_recovery": recovery, "patching_net_flips": net, "patching_net_flips_ci_low": low,
+        "patching_net_flips_ci_high": high, "ablation_drop": ablation_drop,
         "pca_separation": separation, "pca_silhouette": silhouette, "attends_to": attends,
         "evidence": "; ".join(evidence),
     }]

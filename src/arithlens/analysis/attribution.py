@@ -39,7 +39,7 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.model_bridge import TransformerBridge
 
 from arithlens.analysis.accuracy import check_batch, check_chunk_size
-from arithlens.analysis.nodes import node_name
+from arithlens.analysis.naming import node_name
 from arithlens.errors import ArithlensError
 from arithlens.model import model_config_of
 from arithlens.task import AdditionBatch, AdditionTask

@@ -160,7 +160,7 @@ def phase_changes(metrics: pd.DataFrame, *, source: str = "auto", window: int | 
 def _subtask_of(column: str) -> tuple[str, str]:
     match = _SUBTASK_COLUMN.match(column)
     if match:
-        return match.group(1), f"D{match.group(2)}"
+        return match.group(1), f"A{match.group(2)}"  # the answer digit whose sub-task loss this is
     return column.removesuffix("_loss"), "all"
 
 

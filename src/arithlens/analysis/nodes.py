@@ -1,45 +1,37 @@
 """Useful positions and useful nodes, tagged with what ablating them breaks.
 
 A node is a head or an MLP at one position, named like ``P14L0H2`` (position
-14, layer 0, head 2) or ``P14L0M`` (the layer-0 MLP at position 14). A node or
-position is useful when mean-ablating it drops the accuracy of some answer
-digit, or of one sub-task class of it (BA / UC1 / US9), by more than
-`threshold` (a fraction of the questions in that group). Its tags, as in the
-published work: the answer digits it impacts (e.g. ablating P16 breaks only
-A0), the sub-task classes that fail ("A3.US9"), the failure rate (the largest
-drop in a digit's accuracy) and, for heads, the positions it attends to.
+14, layer 0, head 2) or ``P14L0M`` (the layer-0 MLP at position 14); the names
+live in `naming` and are re-exported here. A node or position is useful when
+mean-ablating it (against the default reference, 1,000 uniformly random
+questions) drops the accuracy of some answer digit, or of one sub-task class
+of it (BA / UC1 / US9), by more than `threshold` (a fraction of the questions
+in that group). Its tags, as in the published work: the answer digits it
+impacts (e.g. ablating what P16 computes breaks only A0), the sub-task
+classes that fail ("A3.US9"), the failure rate (the largest drop in a digit's
+accuracy) and, for heads, the positions it attends to.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import pandas as pd
 from transformer_lens.model_bridge import TransformerBridge
 
+from arithlens.analysis.ablation import POSITION_SITES, node_ablation, position_ablation
+from arithlens.analysis.attention import attention_patterns
+from arithlens.analysis.naming import node_name, parse_node_name
+from arithlens.analysis.reference import Reference
 from arithlens.errors import ArithlensError
 from arithlens.model import model_config_of
 from arithlens.task import AdditionBatch, AdditionTask
 
-_NODE_NAME = re.compile(r"P(\d+)L(\d+)(?:H(\d+)|M)")
+__all__ = ["Node", "node_name", "nodes_table", "parse_node_name", "useful_nodes", "useful_positions"]
+
 ATTENTION_QUESTIONS = 2048  # mean attention settles long before this; more only costs time
 ATTENTION_MIN_WEIGHT = 0.1
 ATTENTION_TOP = 3
-
-
-def node_name(position: int, layer: int, head: int | None) -> str:
-    """`P14L0H2` for a head, `P14L0M` for the MLP (head None)."""
-    return f"P{position}L{layer}" + ("M" if head is None else f"H{head}")
-
-
-def parse_node_name(name: str) -> tuple[int, int, int | None]:
-    """(position, layer, head or None for an MLP) from a name like `P14L0H2` or `P14L0M`."""
-    match = _NODE_NAME.fullmatch(str(name).strip())
-    if match is None:
-        raise ArithlensError(f"bad node name {name!r}: use P<position>L<layer>H<head> or P<position>L<layer>M, e.g. P14L0H2")
-    position, layer, head = match.groups()
-    return int(position), int(layer), None if head is None else int(head)
 
 
 @dataclass(frozen=True)
@@ -76,41 +68,48 @@ def _breaks(effects: pd.DataFrame, threshold: float) -> tuple[tuple[str, ...], t
     return tuple(order), failing, max(0.0, float(drops.max()))  # 0.0 first: max(-0.0, 0.0) is -0.0
 
 
-def useful_positions(model: TransformerBridge, batch: AdditionBatch, *, threshold: float = 0.01) -> pd.DataFrame:
-    """Positions whose residual stream, mean-ablated, breaks some answer digit.
+def useful_positions(model: TransformerBridge, batch: AdditionBatch, *, threshold: float = 0.01,
+                     reference: Reference = None, ablation: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Positions whose computation or input, mean-ablated, breaks some answer digit.
 
-    Ablating a position replaces its hook_resid_post in every layer with the
-    mean over `batch` (as `position_ablation` does); sub-task classes are not
-    considered here.
+    Each of `position_ablation`'s default sites is judged on its own: what the
+    position computes ("attention+mlp output", every layer's heads and MLP)
+    and what it is given ("input", its embedding). resid_post rows in
+    `ablation` are left out: in a 1-layer model they cannot fail. Sub-task
+    classes are not considered here. `ablation` reuses a `position_ablation`
+    frame of this model and batch; `reference` as in `ablate`.
 
-    Columns [position, position_name, impacts ("A1,A0"), failure_rate, max_loss_delta].
+    Columns [site, position, position_name, impacts ("A1,A0"), failure_rate, max_loss_delta].
     """
-    from arithlens.analysis.ablation import position_ablation  # not at the top: ablation imports node_name from here
-
     _check_threshold(threshold)
-    frame = position_ablation(model, batch, method="mean")
+    if ablation is None:
+        ablation = position_ablation(model, batch, method="mean", reference=reference)
+    if "site" not in ablation.columns:
+        raise ArithlensError("ablation must be a position_ablation table with a site column (an older table "
+                             "ablated resid_post, which in a 1-layer model cannot fail); rerun position_ablation")
+    ablation = ablation[ablation["site"].isin(POSITION_SITES)]
     rows = []
-    for (position, position_name), effects in frame.groupby(["position", "position_name"], sort=True):
+    for (site, position, position_name), effects in ablation.groupby(["site", "position", "position_name"],
+                                                                     sort=False):
         impacts, _, failure_rate = _breaks(effects.assign(subtask_class="all"), threshold)
         if impacts:
-            rows.append({"position": position, "position_name": position_name, "impacts": ",".join(impacts),
-                         "failure_rate": failure_rate, "max_loss_delta": float(effects["loss_delta"].max())})
-    return pd.DataFrame(rows, columns=["position", "position_name", "impacts", "failure_rate", "max_loss_delta"])
+            rows.append({"site": site, "position": position, "position_name": position_name,
+                         "impacts": ",".join(impacts), "failure_rate": failure_rate,
+                         "max_loss_delta": float(effects["loss_delta"].max())})
+    return pd.DataFrame(rows, columns=["site", "position", "position_name", "impacts", "failure_rate",
+                                       "max_loss_delta"])
 
 
 def useful_nodes(model: TransformerBridge, batch: AdditionBatch, *, threshold: float = 0.01,
-                 ablation: pd.DataFrame | None = None) -> list[Node]:
+                 ablation: pd.DataFrame | None = None, reference: Reference = None) -> list[Node]:
     """Every node whose mean ablation breaks an answer digit or sub-task class, in position order.
 
-    `ablation` reuses a `node_ablation` frame of this model and batch.
+    `ablation` reuses a `node_ablation` frame of this model and batch;
+    otherwise one is made with `reference` (as in `ablate`).
     """
-    # Imported here, not at the top: ablation and attribution (under attention) import node_name from here.
-    from arithlens.analysis.ablation import node_ablation
-    from arithlens.analysis.attention import attention_patterns
-
     _check_threshold(threshold)
     if ablation is None:
-        ablation = node_ablation(model, batch, method="mean")
+        ablation = node_ablation(model, batch, method="mean", reference=reference)
     names = AdditionTask(model_config_of(model).n_digits).position_names()
     pattern = None
     nodes = []
@@ -131,15 +130,22 @@ def useful_nodes(model: TransformerBridge, batch: AdditionBatch, *, threshold: f
     return sorted(nodes, key=lambda node: (node.position, node.layer, node.head is None, node.head or 0))
 
 
-def nodes_table(nodes: list[Node]) -> pd.DataFrame:
+def nodes_table(nodes: list[Node], *, ablation: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per node; tuple tags joined with commas.
 
-    Columns [node, kind, position, layer, head (-1 for MLPs), impacts, failing_subtasks, failure_rate, attends_to].
+    Columns [node, kind, position, layer, head (-1 for MLPs), impacts,
+    failing_subtasks, failure_rate, attends_to]; with `ablation` (the
+    node_ablation frame the nodes were found in) also its [method, reference].
     """
-    return pd.DataFrame(
+    columns = ["node", "kind", "position", "layer", "head", "impacts", "failing_subtasks", "failure_rate", "attends_to"]
+    table = pd.DataFrame(
         [{"node": node.name, "kind": node.kind, "position": node.position, "layer": node.layer,
           "head": -1 if node.head is None else node.head, "impacts": ",".join(node.impacts),
           "failing_subtasks": ",".join(node.failing_subtasks), "failure_rate": node.failure_rate,
           "attends_to": ",".join(node.attends_to)} for node in nodes],
-        columns=["node", "kind", "position", "layer", "head", "impacts", "failing_subtasks", "failure_rate", "attends_to"],
+        columns=columns,
     )
+    recorded = [c for c in ("method", "reference") if ablation is not None and c in ablation.columns]
+    for column in recorded:
+        table[column] = pd.Series([ablation[column].iloc[0]] * len(table), dtype="object")
+    return table

@@ -29,7 +29,16 @@ The metric per pair is the logit difference at A_d's position between the
 clean and the corrupted answer digit. `recovery` = (patched - corrupted) /
 (clean - corrupted) on the means: 1 means the node alone restores the clean
 answer's preference. `flips` (the published "strong test") is the share of
-pairs whose patched prediction of A_d is exactly the clean answer digit.
+pairs whose patched prediction of A_d is exactly the clean answer digit; but
+a model that fails the corrupted question may give the clean digit unpatched
+(`baseline_flips`, e.g. 46% of pairs), so the evidence is `net_flips` =
+flips - baseline_flips. Each comes with a 95% interval: Wilson's for flips,
+Newcombe's paired-data score interval (method 10 of Newcombe 1998,
+Statistics in Medicine 17:2635) for net_flips, which counts only the pairs
+the patch changes. With `DEFAULT_PAIRS` (200) pairs per kind a flip rate's
+interval reaches at most about +-0.07 and a net rate's +-0.14 (when every
+pair changes, half each way; far less when few do), narrow enough to tell a
+flip rate of 54% from a baseline of 46% when the patch is what flips them.
 """
 
 from __future__ import annotations
@@ -46,12 +55,14 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.model_bridge import TransformerBridge
 
 from arithlens.analysis.accuracy import check_batch
-from arithlens.analysis.nodes import node_name, parse_node_name
+from arithlens.analysis.naming import node_name, parse_node_name
 from arithlens.errors import ArithlensError
 from arithlens.model import model_config_of
 from arithlens.task import AdditionBatch, AdditionTask
 
 PAIR_KINDS = ("BaseAdd", "MakeCarry1", "MakeSum9", "UseSum9")
+DEFAULT_PAIRS = 200
+Z95 = 1.959963984540054  # the normal quantile of a two-sided 95% interval
 _FIRST_DIGIT = {"BaseAdd": 0, "MakeCarry1": 1, "MakeSum9": 2, "UseSum9": 2}
 
 
@@ -90,7 +101,8 @@ def _random_sums(count: int, low: int, high: int, generator: torch.Generator) ->
     return torch.randint(low, high + 1, (count,), generator=generator)
 
 
-def make_patch_pairs(task: AdditionTask, kind: str, answer_digit: int, count: int = 64, seed: int = 0) -> PatchPairs:
+def make_patch_pairs(task: AdditionTask, kind: str, answer_digit: int, count: int = DEFAULT_PAIRS,
+                     seed: int = 0) -> PatchPairs:
     """`count` seeded pairs of one kind for answer digit A`answer_digit` (see the module docstring)."""
     n = task.n_digits
     if kind not in PAIR_KINDS:
@@ -133,6 +145,48 @@ def make_patch_pairs(task: AdditionTask, kind: str, answer_digit: int, count: in
     if not bool(differs.all()):
         raise AssertionError(f"{kind} pairs for A{d} do not all change A{d}")  # a construction bug, not bad input
     return PatchPairs(kind=kind, answer_digit=d, clean=clean, corrupted=corrupted)
+
+
+def wilson_interval(successes: torch.Tensor, trials: torch.Tensor | float, z: float = Z95
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wilson score interval (low, high) for the proportion successes / trials, elementwise."""
+    successes = successes.double()
+    trials = torch.as_tensor(trials, dtype=torch.float64)
+    share = successes / trials
+    scale = 1 + z**2 / trials
+    centre = (share + z**2 / (2 * trials)) / scale
+    half = z * torch.sqrt(share * (1 - share) / trials + z**2 / (4 * trials**2)) / scale
+    # At 0 (or all) successes the bound is exactly 0 (or 1); rounding would leave 1e-17 off it.
+    low = torch.where(successes <= 0, 0.0, (centre - half).clamp(min=0.0))
+    return low, torch.where(successes >= trials, 1.0, (centre + half).clamp(max=1.0))
+
+
+def paired_difference_interval(first: torch.Tensor, second: torch.Tensor, z: float = Z95
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interval (low, high) for mean(first) - mean(second) of paired 0/1 outcomes [..., pairs].
+
+    Newcombe's hybrid score interval for paired proportions (1998, method 10):
+    each rate's Wilson interval, combined through the correlation of the pairs,
+    so pairs that flip either way, or not at all, both with and without the
+    patch, narrow or widen it as they should.
+    """
+    first, second = first.bool(), second.bool()
+    pairs = first.shape[-1]
+    both = (first & second).sum(-1).double()
+    only_first = (first & ~second).sum(-1).double()
+    only_second = (~first & second).sum(-1).double()
+    neither = pairs - both - only_first - only_second
+    rate1, rate2 = (both + only_first) / pairs, (both + only_second) / pairs
+    low1, high1 = wilson_interval(both + only_first, pairs, z)
+    low2, high2 = wilson_interval(both + only_second, pairs, z)
+    margins = (both + only_first) * (only_second + neither) * (both + only_second) * (only_first + neither)
+    # phi, the correlation of the pairs' outcomes; 0 when a margin is empty (Newcombe's convention)
+    phi = torch.where(margins > 0, (both * neither - only_first * only_second) / margins.clamp(min=1).sqrt(), 0.0)
+    below = (rate1 - low1) ** 2 - 2 * phi * (rate1 - low1) * (high2 - rate2) + (high2 - rate2) ** 2
+    above = (high1 - rate1) ** 2 - 2 * phi * (high1 - rate1) * (rate2 - low2) + (rate2 - low2) ** 2
+    difference = rate1 - rate2
+    return ((difference - below.clamp(min=0).sqrt()).clamp(min=-1.0),
+            (difference + above.clamp(min=0).sqrt()).clamp(max=1.0))
 
 
 def _index_df(n_layers: int, target: int, per_head: int | None, first: int = 0,
@@ -235,6 +289,9 @@ def patch_answer_digit(model: TransformerBridge, pair_sets: list[PatchPairs], *,
             clean_ld = float(clean_values[0, part].mean())
             corrupt_ld = float(baseline[0, part].mean())
             span = clean_ld - corrupt_ld
+            flipped = values[1, :, part]  # [row, pair], 1 where the patched pair gives the clean digit
+            flips_low, flips_high = wilson_interval(flipped.sum(-1), len(pairs))
+            net_low, net_high = paired_difference_interval(flipped, baseline[1, part].expand_as(flipped))
             for row_index, index_row in enumerate(index_df.itertuples(index=False)):
                 patched_ld = float(values[0, row_index, part].mean())
                 head = int(index_row.head) if component == "head" else -1
@@ -247,14 +304,17 @@ def patch_answer_digit(model: TransformerBridge, pair_sets: list[PatchPairs], *,
                     "pairs": len(pairs), "clean_logit_diff": clean_ld, "corrupted_logit_diff": corrupt_ld,
                     "patched_logit_diff": patched_ld,
                     "recovery": (patched_ld - corrupt_ld) / span if abs(span) > 1e-9 else float("nan"),
-                    "flips": float(values[1, row_index, part].mean()),
+                    "flips": float(flipped[row_index].mean()),
                     "clean_correct": float(clean_values[1, part].mean()),
                     "baseline_flips": float(baseline[1, part].mean()),
+                    "net_flips": float(flipped[row_index].mean() - baseline[1, part].mean()),
+                    "flips_ci_low": float(flips_low[row_index]), "flips_ci_high": float(flips_high[row_index]),
+                    "net_flips_ci_low": float(net_low[row_index]), "net_flips_ci_high": float(net_high[row_index]),
                 })
     return pd.DataFrame(rows)
 
 
-def activation_patching(model: TransformerBridge, *, count: int = 64, seed: int = 0,
+def activation_patching(model: TransformerBridge, *, count: int = DEFAULT_PAIRS, seed: int = 0,
                         kinds: list[tuple[str, int]] | None = None, nodes: Iterable[str] | None = None,
                         progress: Callable[[int], None] | None = None) -> pd.DataFrame:
     """Patch heads and MLPs for every (kind, answer digit) pair set (or just `kinds`).
@@ -266,9 +326,13 @@ def activation_patching(model: TransformerBridge, *, count: int = 64, seed: int 
     Columns [kind, answer_digit, component ("head"|"mlp"), layer, head (-1 for
     MLPs), position, position_name, node, pairs, clean_logit_diff,
     corrupted_logit_diff, patched_logit_diff, recovery, flips, clean_correct,
-    baseline_flips]. `flips` is the share of patched pairs that now predict
-    the clean answer digit, `baseline_flips` that share with no patch, and
-    `clean_correct` the share of clean questions whose A_d the model gets right.
+    baseline_flips, net_flips, flips_ci_low, flips_ci_high, net_flips_ci_low,
+    net_flips_ci_high]. `flips` is the share of patched pairs that now predict
+    the clean answer digit, `baseline_flips` that share with no patch,
+    `net_flips` their difference (the evidence), each `_ci_` pair its 95%
+    interval, and `clean_correct` the share of clean questions whose A_d the
+    model gets right. `count` pairs per kind (200 by default: fewer cannot
+    tell a net flip rate of several points from 0).
     `progress(k)` is called after each answer digit with the number of pair sets done.
     """
     config = model_config_of(model)

@@ -1,11 +1,15 @@
-"""`analyze_run`: every analysis of a run folder, written to RUN_DIR/analysis/ as parquet plus summary.json.
+"""`analyze_run`: every analysis of a run folder, written to RUN_DIR/analysis/ (or a folder you name) as parquet plus summary.json.
 
-Question sets (helper A's `make_question_set`, all seeded by `seed`):
+Question sets (from `make_question_set`, all seeded by `seed`):
 `count` random questions feed the ablations; their first `sample_count` feed
 one shared activation cache for attention, logit lens, DLA and PCA;
 `set_count` questions of every named set measure accuracy by case;
 `full_accuracy_count` random questions (default `count`) measure overall
-accuracy and nines; patching builds its own `patch_count` pairs per kind and
+accuracy and nines; ablations replace activations with their mean over a
+separate reference, 1,000 uniformly random questions of a fixed seed (never
+the tested set: a narrow set's mean encodes its answer); patching builds its
+own `patch_count` pairs per kind (200 by default, enough for the 95% interval
+of a net flip rate to exclude 0 only for a real effect) and
 patches every last-layer node at the answer-predicting positions plus every
 useful node (earlier-layer nodes that ablation finds useless are skipped,
 which is what keeps multi-layer models fast).
@@ -16,14 +20,21 @@ Files (one row per ...; columns):
   [source, source_description, group_kind, group, questions, correct, accuracy, failures, nines];
   source "random" is the full-accuracy set, others are the named sets.
 - failures.parquet: up to 1000 wrongly answered random questions. [question, expected, predicted,
-  wrong_digits, category, cascade_depth, use_carry1, use_sum9]
+  wrong_digits, category, cascade_depth, use_carry1, use_sum9, make_sum9, make_carry1, pairs_below]
+- failure_patterns.parquet: the wrong digits of the full-accuracy set grouped by the state of the
+  digit pairs below them, against base rates (`failure_patterns`). [answer_digit, below, state,
+  wrong_digits, wrong_share, base_rate, ratio]
 - failed_cases.parquet: cases the model cannot do (accuracy < 99%), worst first. [source, group_kind,
   group, questions, accuracy, failure_rate, description]
 - node_ablation.parquet: mean ablation of each head/MLP at each position. [node, kind, position, layer,
-  head, answer_digit, subtask_class, questions, loss, loss_delta, accuracy, accuracy_delta]
-- position_ablation.parquet: [position, position_name, answer_digit, questions, loss, loss_delta,
-  accuracy, accuracy_delta]
-- useful_nodes.parquet: [node, kind, position, layer, head, impacts, failing_subtasks, failure_rate, attends_to]
+  head, answer_digit, subtask_class, questions, loss, loss_delta, accuracy, accuracy_delta, method,
+  reference] (reference: a description of the questions the means come from)
+- position_ablation.parquet: mean ablation at each position of what it computes (site "attention+mlp
+  output": every head's z and the MLP output) and of what it is given (site "input": layer 0's
+  resid_pre), on the first 2,000 random questions. [site, position, position_name, answer_digit, questions, loss, loss_delta, accuracy,
+  accuracy_delta, method, reference]
+- useful_nodes.parquet: [node, kind, position, layer, head, impacts, failing_subtasks, failure_rate, attends_to,
+  method, reference]
 - attention.parquet: mean attention per category. [category, questions, layer, head, query_pos,
   query_name, key_pos, key_name, weight]
 - attention_examples.parquet: [example, question, category, layer, head, query_pos, query_name, key_pos,
@@ -35,7 +46,9 @@ Files (one row per ...; columns):
 - head_sources.parquet: [answer_digit, position, subtask_class, layer, head, node, source_pos,
   source_name, questions, logit_attr, logit_diff_attr]
 - patching.parquet: [kind, answer_digit, component, layer, head, position, position_name, node, pairs,
-  clean_logit_diff, corrupted_logit_diff, patched_logit_diff, recovery, flips, clean_correct, baseline_flips]
+  clean_logit_diff, corrupted_logit_diff, patched_logit_diff, recovery, flips, clean_correct, baseline_flips,
+  net_flips, flips_ci_low, flips_ci_high, net_flips_ci_low, net_flips_ci_high]; net_flips = flips -
+  baseline_flips, the evidence; the _ci_ columns are 95% intervals
 - pca.parquet: [answer_digit, position, layer, head, node, pair_digit, pair_offset, questions,
   n_make_carry1, n_make_sum9, n_neither, explained_variance_pc1, explained_variance_pc2,
   explained_variance_pc3, explained_variance_top, separation, silhouette]
@@ -47,10 +60,11 @@ Files (one row per ...; columns):
 - checkpoint_nodes.parquet: [answer_digit, phase, step_before, step_after, node, useful_before,
   useful_after, became_useful, failure_rate_before, failure_rate_after, impacts_after, failing_subtasks_after]
 - algorithm_map.parquet: [answer_digit, role, node, kind, position, layer, head, supported_by,
-  confidence, patching_recovery, patching_flips, ablation_drop, pca_separation, pca_silhouette,
-  attends_to, evidence]
+  confidence, patching_recovery, patching_net_flips, patching_net_flips_ci_low, patching_net_flips_ci_high,
+  ablation_drop, pca_separation, pca_silhouette, attends_to, evidence]
 - summary.json: model config, settings, overall accuracy, per answer digit its useful nodes with
   their sub-task roles, its role -> nodes map and phase changes; the cases the model cannot do;
+  "failure_patterns" (a one-sentence summary and the first rows of failure_patterns.parquet);
   every file's columns; seconds per stage.
 
 Tables of a stage that has nothing to report (no metrics, no phase change)
@@ -61,34 +75,46 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pyarrow import ArrowException
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from arithlens import __version__
 from arithlens.analysis.ablation import node_ablation, position_ablation
-from arithlens.analysis.accuracy import accuracy_table, evaluate, failure_table, random_accuracy
+from arithlens.analysis.accuracy import (
+    accuracy_table,
+    evaluate,
+    failure_pattern_digest,
+    failure_patterns,
+    failure_table,
+    random_accuracy,
+)
 from arithlens.analysis.algorithm_map import algorithm_map, digit_roles, failed_cases
 from arithlens.analysis.attention import attention_examples, mean_attention_by_class, top_attended
 from arithlens.analysis.attribution import analysis_cache, direct_logit_attribution, head_source_attribution, logit_lens
 from arithlens.analysis.dynamics import bracketing_steps, compare_checkpoints, phase_changes, subtask_changes
 from arithlens.analysis.nodes import Node, node_name, nodes_table, useful_nodes
-from arithlens.analysis.patching import activation_patching, pair_kinds
+from arithlens.analysis.patching import DEFAULT_PAIRS, activation_patching, pair_kinds
 from arithlens.analysis.pca import head_output_pca
 from arithlens.analysis.question_sets import make_question_set, question_set_names
 from arithlens.errors import ArithlensError, RunFolderError
-from arithlens.runs import ANALYSIS_DIR, Run, load_run, resolve_run_path, write_json
+from arithlens.folders import check_writable, recover_folder, replace_folder, run_folder_lock, staging_folder
+from arithlens.runs import ANALYSIS_DIR, Run, is_bundled, load_run, resolve_run_path, write_json
 from arithlens.task import AdditionTask
 
 SUMMARY_FILE = "summary.json"
+MIN_COUNT = 2  # PCA needs at least two questions; checked before the work, not at the PCA stage
 FAILURE_LIMIT = 1000
+POSITION_ABLATION_COUNT = 2000
+MAX_COUNT = 1_000_000
 
 
 def _check_count(name: str, value: Any, minimum: int = 1) -> None:
@@ -128,26 +154,80 @@ def _progress(enabled: bool) -> Iterator[_Stages]:
         yield _Stages(progress)
 
 
-def analyze_run(run_dir: str | Path, *, count: int = 10_000, progress: bool = True,
+def check_analysis_settings(*, count: int = 10_000, full_accuracy_count: int | None = None,
+                            sample_count: int = 1000, set_count: int = 300, patch_count: int = DEFAULT_PAIRS,
+                            checkpoint_count: int = 500, seed: int = 0) -> None:
+    """Validate `analyze_run`'s numbers; `arithlens run` calls it before training, not after."""
+    _check_count("count", count, MIN_COUNT)
+    if count > MAX_COUNT:
+        raise ArithlensError(f"count must be at most {MAX_COUNT:,} (the ablations hold every question's "
+                             f"activations), got {count:,}; use `arithlens eval --count` for accuracy on more")
+    for name, value in (("full_accuracy_count", full_accuracy_count if full_accuracy_count is not None else count),
+                        ("sample_count", sample_count), ("set_count", set_count), ("patch_count", patch_count),
+                        ("checkpoint_count", checkpoint_count)):
+        _check_count(name, value)
+    _check_count("seed", seed, 0)
+
+
+def analysis_folder(run_path: Path, out: str | Path | None = None) -> Path:
+    """Where the analysis of `run_path` goes: `out`, or RUN_DIR/analysis/ (never a bundled model's own)."""
+    if out is None:
+        if is_bundled(run_path):
+            raise ArithlensError(
+                f"{run_path.name} is a bundled model: its analysis ships with arithlens and is not rewritten; "
+                f"give an output folder (arithlens analyze {run_path.name} --out DIR; "
+                f"the CLI's default is ./{run_path.name}-analysis)")
+        return run_path / ANALYSIS_DIR
+    target = Path(out)
+    if target.exists() and not _is_analysis_folder(target):
+        raise RunFolderError(f"{target} exists and is not an arithlens analysis folder; "
+                             f"choose another output folder (it would be replaced)")
+    if not target.parent.is_dir():
+        raise RunFolderError(f"cannot write the analysis into {target}: folder {target.parent} does not exist")
+    return target
+
+
+def _is_analysis_folder(path: Path) -> bool:
+    return path.is_dir() and all(entry.is_file() and entry.suffix in (".parquet", ".json")
+                                 for entry in path.iterdir() if not entry.name.startswith("."))
+
+
+def analyze_run(run_dir: str | Path, *, out: str | Path | None = None, count: int = 10_000, progress: bool = True,
                 full_accuracy_count: int | None = None, sample_count: int = 1000, set_count: int = 300,
-                patch_count: int = 24, checkpoint_count: int = 500, threshold: float = 0.01,
+                patch_count: int = DEFAULT_PAIRS, checkpoint_count: int = 500, threshold: float = 0.01,
                 seed: int = 0, dynamics: bool = True) -> dict[str, pd.DataFrame]:
-    """Run every analysis on a run folder and write RUN_DIR/analysis/ (see the module docstring).
+    """Run every analysis on a run folder and write RUN_DIR/analysis/, or `out` (see the module docstring).
 
     Returns the tables by name (file stem). `dynamics=False` skips the
     checkpoint comparison (phases are still detected from the metrics), which
     evaluates the node ablation of every checkpoint that brackets a phase.
+    The folder is written as one unit: built beside the old one, then swapped
+    in, so a killed analysis leaves the previous analysis whole. A bundled
+    model needs `out`: its own analysis is part of the installed package.
     """
-    _check_count("count", count)
+    check_analysis_settings(count=count, full_accuracy_count=full_accuracy_count, sample_count=sample_count,
+                            set_count=set_count, patch_count=patch_count, checkpoint_count=checkpoint_count, seed=seed)
     full_accuracy_count = count if full_accuracy_count is None else full_accuracy_count
-    for name, value in (("full_accuracy_count", full_accuracy_count), ("sample_count", sample_count),
-                        ("set_count", set_count), ("patch_count", patch_count), ("checkpoint_count", checkpoint_count)):
-        _check_count(name, value)
-    _check_count("seed", seed, 0)
+    path = resolve_run_path(run_dir)
+    target = analysis_folder(path, out)
+    # A bundled model's folder is never written, so it needs no lock; a run folder is locked against
+    # a training run (or another analysis) rewriting it underneath this one.
+    with nullcontext() if is_bundled(path) else run_folder_lock(path, create=False):
+        recover_folder(target)
+        check_writable(target.parent)
+        return _analyze_into(path, target, count=count, progress=progress, full_accuracy_count=full_accuracy_count,
+                             sample_count=sample_count, set_count=set_count, patch_count=patch_count,
+                             checkpoint_count=checkpoint_count, threshold=threshold, seed=seed, dynamics=dynamics)
+
+
+def _analyze_into(run_path: Path, target: Path, *, count: int, progress: bool, full_accuracy_count: int,
+                  sample_count: int, set_count: int, patch_count: int, checkpoint_count: int, threshold: float,
+                  seed: int, dynamics: bool) -> dict[str, pd.DataFrame]:
     tables: dict[str, pd.DataFrame] = {}
     with _progress(progress) as stages:
         with stages.stage("load"):
-            run = load_run(run_dir)
+            run = load_run(run_path)
+            metrics = _metrics(run)  # read now: a damaged table fails before the work, not after it
             model = run.model()
             n = run.config.model.n_digits
             task = AdditionTask(n)
@@ -161,6 +241,7 @@ def analyze_run(run_dir: str | Path, *, count: int = 10_000, progress: bool = Tr
             frames = [accuracy_table(result).assign(source="random", source_description=(
                 f"{full_accuracy_count:,} uniformly random questions"))]
             tables["failures"] = failure_table(result, task, limit=FAILURE_LIMIT)
+            tables["failure_patterns"] = failure_patterns(result, task)
             advance(1)
             for name in set_names:
                 question_set = make_question_set(task, name, set_count, seed)
@@ -174,10 +255,12 @@ def analyze_run(run_dir: str | Path, *, count: int = 10_000, progress: bool = Tr
         with stages.stage("ablation", total=3) as advance:
             tables["node_ablation"] = node_ablation(model, batch, method="mean")
             advance(1)
-            tables["position_ablation"] = position_ablation(model, batch, method="mean")
+            # Each input ablation is a full forward pass per position; effects of tens of points need no more.
+            tables["position_ablation"] = position_ablation(
+                model, batch.select(slice(0, min(count, POSITION_ABLATION_COUNT))), method="mean")
             advance(1)
             nodes = useful_nodes(model, batch, threshold=threshold, ablation=tables["node_ablation"])
-            tables["useful_nodes"] = nodes_table(nodes)
+            tables["useful_nodes"] = nodes_table(nodes, ablation=tables["node_ablation"])
 
         with stages.stage("cache"):
             cache = analysis_cache(model, sample)
@@ -206,7 +289,6 @@ def analyze_run(run_dir: str | Path, *, count: int = 10_000, progress: bool = Tr
         del cache
 
         with stages.stage("phases"):
-            metrics = _metrics(run)
             tables["phases"] = phase_changes(metrics)
             tables["subtask_changes"] = subtask_changes(metrics, tables["phases"])
 
@@ -225,34 +307,38 @@ def analyze_run(run_dir: str | Path, *, count: int = 10_000, progress: bool = Tr
             tables["failed_cases"] = failed_cases(tables["accuracy"])
 
         with stages.stage("write", total=len(tables) + 1) as advance:
-            folder = run.path / ANALYSIS_DIR
-            try:
-                folder.mkdir(exist_ok=True)
-                for name, frame in tables.items():
-                    _write_parquet(frame, folder / f"{name}.parquet")
-                    advance(1)
-            except OSError as error:
-                raise RunFolderError(f"cannot write the analysis into {folder}: {error}") from None
             summary = _summary(run, tables, nodes, stages.seconds, settings={
                 "count": count, "full_accuracy_count": full_accuracy_count, "sample_count": min(sample_count, count),
                 "set_count": set_count, "patch_count": patch_count, "checkpoint_count": checkpoint_count,
                 "threshold": threshold, "seed": seed, "dynamics": dynamics})
-            write_json(folder / SUMMARY_FILE, summary)
+            _write_folder(target, tables, summary, advance)
     return tables
 
 
 def _metrics(run: Run) -> pd.DataFrame:
     """The run's metrics table, or an empty one (no phases) for a run folder without metrics."""
-    try:
-        return run.metrics
-    except RunFolderError:
+    if not (run.path / "metrics.parquet").is_file():
         return pd.DataFrame({"step": [], "loss_A0": []})
+    return run.metrics  # a damaged table is an error, not "no phases"
 
 
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+def _write_folder(target: Path, tables: dict[str, pd.DataFrame], summary: dict[str, Any],
+                  advance: Callable[[int], None]) -> None:
+    """Every table and summary.json, built in a staging folder and swapped in whole."""
+    staging = None
+    try:
+        staging = staging_folder(target)
+        for name, frame in tables.items():
+            frame.to_parquet(staging / f"{name}.parquet", index=False)
+            advance(1)
+        write_json(staging / SUMMARY_FILE, summary)
+        replace_folder(staging, target)
+    except BaseException as error:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise RunFolderError(f"cannot write the analysis into {target}: {error.strerror or error}") from None
+        raise
 
 
 def _clean(value: Any) -> Any:
@@ -317,6 +403,7 @@ def _summary(run: Run, tables: dict[str, pd.DataFrame], nodes: list[Node], secon
                          (accuracy["source"] != "random") & (accuracy["group_kind"] == "overall")].itertuples()}},
         "answer_digits": digits,
         "cannot_do": tables["failed_cases"]["description"].tolist(),
+        "failure_patterns": failure_pattern_digest(tables["failure_patterns"]),
         "files": {f"{name}.parquet": list(map(str, frame.columns)) for name, frame in tables.items()},
         "seconds": seconds,
     })
@@ -327,16 +414,49 @@ def _by_group(rows: pd.DataFrame, kind: str) -> dict[str, Any]:
     return {str(r.group): {"questions": int(r.questions), "accuracy": r.accuracy} for r in part.itertuples()}
 
 
-def load_analysis(run_dir: str | Path) -> dict[str, Any]:
-    """Every table of RUN_DIR/analysis/ by name, plus "summary" (the parsed summary.json)."""
-    folder = resolve_run_path(run_dir) / ANALYSIS_DIR
+def load_analysis(run_dir: str | Path, folder: str | Path | None = None) -> dict[str, Any]:
+    """Every table of RUN_DIR/analysis/ (or of `folder`) by name, plus "summary" (the parsed summary.json)."""
+    run_path = resolve_run_path(run_dir)
+    folder = run_path / ANALYSIS_DIR if folder is None else Path(folder)
     if not folder.is_dir():
-        raise ArithlensError(f"{folder.parent} has no analysis yet; run `arithlens analyze {folder.parent}` first")
-    result: dict[str, Any] = {path.stem: pd.read_parquet(path) for path in sorted(folder.glob("*.parquet"))}
-    summary = folder / SUMMARY_FILE
-    if summary.is_file():
+        raise ArithlensError(f"{folder} holds no analysis yet; run `arithlens analyze {run_path}` first")
+    again = f"run `arithlens analyze {run_path}` again"
+    summary_path = folder / SUMMARY_FILE
+    summary: Any = None
+    if summary_path.is_file():
         try:
-            result["summary"] = json.loads(summary.read_text())
-        except json.JSONDecodeError as error:
-            raise RunFolderError(f"damaged {summary}: {error}; run `arithlens analyze` again") from None
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+            raise RunFolderError(f"damaged {summary_path}: {error}; {again}") from None
+        _check_summary(summary, summary_path, again)
+    columns = summary.get("files", {}) if isinstance(summary, dict) else {}
+    result: dict[str, Any] = {}
+    for path in sorted(folder.glob("*.parquet")):
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError, TypeError, ArrowException) as error:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise RunFolderError(f"damaged {path}: {first_line}; {again}") from None
+        missing = [c for c in columns.get(path.name, []) if c not in frame.columns]
+        if missing:
+            raise RunFolderError(f"damaged {path}: it has no column {missing[0]!r}, which {SUMMARY_FILE} lists; "
+                                 f"{again}")
+        result[path.stem] = frame
+    if summary is not None:
+        result["summary"] = summary
     return result
+
+
+def _check_summary(summary: Any, path: Path, again: str) -> None:
+    """summary.json as `analyze_run` writes it: an object whose parts readers take apart have their types."""
+    if not isinstance(summary, dict):
+        raise RunFolderError(f"damaged {path}: it must hold a JSON object; {again}")
+    for key in ("settings", "seconds", "files", "accuracy", "answer_digits"):
+        if key in summary and not isinstance(summary[key], dict):
+            raise RunFolderError(f"damaged {path}: '{key}' must be a JSON object; {again}")
+    seconds = summary.get("seconds", {})
+    files = summary.get("files", {})
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seconds.values()) or \
+            not all(isinstance(v, list) and all(isinstance(c, str) for c in v) for v in files.values()):
+        raise RunFolderError(f"damaged {path}: 'seconds' must map stages to numbers and 'files' tables to "
+                             f"column names; {again}")

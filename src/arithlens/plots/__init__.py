@@ -2,7 +2,7 @@
 
 Every function returns a `plotly.graph_objects.Figure` and never shows it.
 Signed effects use a diverging RdBu scale centred on 0; position axes use the
-task's position names (D4 .. D0, +, D'4 .. D'0, =, A5 .. A0).
+task's position labels (`P14 (→A2)` where a position predicts an answer digit, else `P2 (D2)`).
 """
 
 from __future__ import annotations

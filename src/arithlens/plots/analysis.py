@@ -4,7 +4,9 @@ Each function takes one of the analysis DataFrames (columns as documented in
 the analysis modules) and returns a `go.Figure`. Signed effects (loss and
 accuracy deltas, logit attributions, patching recovery) share a diverging RdBu
 colour axis centred on 0; position axes carry the task's position names
-(D4 .. D0, +, D'4 .. D'0, =, A5 .. A0) instead of bare indices.
+(`P14 (→A2)` where a position's logits predict an answer digit, `P2 (D2)` elsewhere: the
+token name alone would call P14 "A3") instead of bare indices. Each answer digit
+has one colour in every figure (`arithlens.plots.training.answer_digit_colour`).
 
 Colour conventions: red means "this component matters for getting the digit
 right" where that is the direction of harm (accuracy drops, loss rises), so
@@ -18,14 +20,20 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from arithlens.plots.training import answer_digit_colour
 from arithlens.task import AdditionTask
 
 SUBPLOT_GAP = 0.03
 
 
 def position_names(n_digits: int) -> list[str]:
-    """D4 .. D0, +, D'4 .. D'0, =, A5 .. A0 for 5 digits."""
+    """The tokens at each position: D4 .. D0, +, D'4 .. D'0, =, A5 .. A0 for 5 digits."""
     return AdditionTask(n_digits).position_names()
+
+
+def position_labels(n_digits: int) -> list[str]:
+    """How every figure names positions: `P14 (→A2)` where a position predicts an answer digit, else `P2 (D2)`."""
+    return AdditionTask(n_digits).position_labels()
 
 
 def answer_order(n_digits: int) -> list[str]:
@@ -75,6 +83,20 @@ def _round(values: np.ndarray, digits: int = 4) -> np.ndarray:
     return np.round(values.astype("float64"), digits)
 
 
+def ablation_method(frame: pd.DataFrame) -> str:
+    """How an ablation table was measured, for titles: "mean ablation against 1,000 uniformly random
+    questions (seed 1)". Tables from before the reference was recorded took their means from the
+    tested questions themselves, and say so."""
+    if "reference" not in frame.columns or not len(frame):
+        return "mean ablation against the tested questions themselves (a table from before references were recorded)"
+    method = str(frame["method"].iloc[0])
+    return f"{method} ablation" if method == "zero" else f"{method} ablation against {frame['reference'].iloc[0]}"
+
+
+def _with_subtitle(title: str, subtitle: str) -> str:
+    return f"{title}<br><sup>{subtitle}</sup>"
+
+
 def node_effect_heatmaps(
     frame: pd.DataFrame, n_digits: int, *, value: str = "accuracy_delta", subtask_class: str = "all"
 ) -> go.Figure:
@@ -85,7 +107,7 @@ def node_effect_heatmaps(
     """
     rows = frame[frame["subtask_class"] == subtask_class]
     digits = [d for d in ["all", *answer_order(n_digits)] if d in set(rows["answer_digit"])]
-    names = position_names(n_digits)
+    names = position_labels(n_digits)
     columns = _components(rows)
     titles = ["whole question" if d == "all" else d for d in digits]
     fig = make_subplots(rows=1, cols=max(len(digits), 1), shared_yaxes=True, subplot_titles=titles,
@@ -100,7 +122,8 @@ def node_effect_heatmaps(
     reverse = value.startswith("loss")
     fig.update_layout(
         coloraxis=signed_axis(value, reverse=reverse),
-        title=f"Mean-ablation {value} per node ({subtask_class} questions), per answer digit",
+        title=_with_subtitle(f"Ablation {value} per node ({subtask_class} questions), per answer digit",
+                             ablation_method(frame)),
         height=560,
     )
     return fig
@@ -108,7 +131,7 @@ def node_effect_heatmaps(
 
 def useful_nodes_map(nodes: pd.DataFrame, n_digits: int, n_layers: int, n_heads: int) -> go.Figure:
     """The useful nodes on a position x head/MLP grid: colour = failure rate, text = digits it breaks."""
-    names = position_names(n_digits)
+    names = position_labels(n_digits)
     columns = [component_label(l, h) for l in range(n_layers) for h in [*range(n_heads), -1]]
     labels = _component_labels(nodes)
     rows = _named(nodes["position"], names)
@@ -120,24 +143,45 @@ def useful_nodes_map(nodes: pd.DataFrame, n_digits: int, n_layers: int, n_heads:
                                colorscale="Reds", zmin=0, zmax=1, colorbar=dict(title="failure rate"),
                                hovertemplate="%{y} %{x}<br>failure rate %{z}<br>breaks %{text}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", title_text="position")
-    fig.update_layout(title="Useful nodes: failure rate when mean-ablated, labelled with the answer digits they break",
-                      height=560)
+    fig.update_layout(title=_with_subtitle("Useful nodes: failure rate when ablated, labelled with the answer digits "
+                                           "they break", ablation_method(nodes)), height=560)
     return fig
 
 
+POSITION_SITE_TITLES = {
+    "attention+mlp output": "what it computes (every head's z and the MLP output)",
+    "input": "what it is given (its embedding, layer 0 resid_pre)",
+    "resid_post": "resid_post (in 1 layer only its own unembedding reads it: cannot fail)",
+}
+
+
 def position_ablation_heatmap(frame: pd.DataFrame, n_digits: int, *, value: str = "accuracy_delta") -> go.Figure:
-    """Mean-ablating the residual stream at each position: effect on each answer digit."""
-    names = position_names(n_digits)
+    """Ablating each position's sites: effect on each answer digit, one positions x digits panel per site.
+
+    `frame` is `position_ablation` output; a table from before it had sites
+    (no `site` column) ablated resid_post and is drawn as such.
+    """
+    if "site" not in frame.columns:
+        frame = frame.assign(site="resid_post")
+    names = position_labels(n_digits)
+    sites = list(dict.fromkeys(frame["site"]))
     digits = [d for d in [*answer_order(n_digits), "all"] if d in set(frame["answer_digit"])]
-    z = _grid(frame, names, _named(frame["position"], names), digits, frame["answer_digit"], value)
     x = ["whole question" if d == "all" else d for d in digits]
-    fig = go.Figure(go.Heatmap(z=_round(z), x=x, y=names, colorscale="RdBu_r" if value.startswith("loss") else "RdBu",
-                               zmid=0, colorbar=dict(title=value),
-                               hovertemplate="ablate %{y}: %{x} " + value + " %{z}<extra></extra>"))
-    fig.update_yaxes(autorange="reversed", title_text="ablated position")
+    fig = make_subplots(rows=1, cols=max(len(sites), 1), shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=[POSITION_SITE_TITLES.get(site, site) for site in sites])
+    for i, site in enumerate(sites):
+        part = frame[frame["site"] == site]
+        z = _grid(part, names, _named(part["position"], names), digits, part["answer_digit"], value)
+        fig.add_trace(go.Heatmap(z=_round(z), x=x, y=names, coloraxis="coloraxis",
+                                 hovertemplate="ablate %{y}: %{x} " + value + " %{z}<extra>" + site + "</extra>"),
+                      row=1, col=i + 1)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_yaxes(title_text="ablated position", col=1)
     fig.update_xaxes(title_text="answer digit")
-    fig.update_layout(title=f"Useful positions: {value} when the residual stream at a position is mean-ablated",
-                      height=520)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(coloraxis=signed_axis(value, reverse=value.startswith("loss")), height=560,
+                      title=_with_subtitle(f"Useful positions: {value} when a position's output or input is ablated",
+                                           ablation_method(frame)))
     return fig
 
 
@@ -149,15 +193,14 @@ def attention_heatmaps(frame: pd.DataFrame, n_digits: int, *, layer: int = 0, an
     digits are drawn (where the staircase is); their labels say which digit.
     """
     task = AdditionTask(n_digits)
-    names = task.position_names()
+    labels = task.position_labels()
     part = frame[frame["layer"] == layer]
     groups = list(dict.fromkeys(part[row_key]))
     heads = sorted(set(int(h) for h in part["head"]))
     queries = task.answer_logit_positions if answer_rows_only else list(range(task.seq_len))
-    query_labels = [f"{names[q]} → A{3 * n_digits + 1 - q}" if q in task.answer_logit_positions else names[q]
-                    for q in queries]
+    query_labels = [labels[q] for q in queries]
     keys = list(range(max(queries) + 1))
-    key_labels = [names[k] for k in keys]
+    key_labels = [labels[k] for k in keys]
     row_titles = []
     for group in groups:
         sample = part[part[row_key] == group].iloc[0]
@@ -190,15 +233,21 @@ def attention_heatmaps(frame: pd.DataFrame, n_digits: int, *, layer: int = 0, an
 def logit_lens_figure(frame: pd.DataFrame, n_digits: int, *, subtask_class: str = "all") -> go.Figure:
     """How well each residual stage predicts each answer digit: logit lead and accuracy per stage."""
     rows = frame[frame["subtask_class"] == subtask_class]
+    task = AdditionTask(n_digits)
     fig = make_subplots(rows=1, cols=2, subplot_titles=["correct digit's lead over the best wrong digit",
                                                           "accuracy when decoded at this stage"])
     for digit in answer_order(n_digits):
         part = rows[rows["answer_digit"] == digit].sort_values("stage_index")
         if part.empty:
             continue
+        index = int(digit[1:])
+        label = task.position_label(task.logit_position_for_answer_digit(index))
+        # One explicit colour per digit: left to plotly, the right panel's traces took the next colours along.
+        line = dict(color=answer_digit_colour(index, n_digits))
         for col, value in ((1, "logit_diff"), (2, "accuracy")):
             fig.add_trace(go.Scatter(x=part["stage"], y=_round(part[value].to_numpy()), mode="lines+markers",
-                                     name=digit, legendgroup=digit, showlegend=col == 1), row=1, col=col)
+                                     name=label, legendgroup=digit, showlegend=col == 1, line=line),
+                          row=1, col=col)
     fig.update_xaxes(title_text="residual stream stage")
     fig.update_yaxes(title_text="logit difference", col=1)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.05], col=2)
@@ -229,7 +278,7 @@ def head_source_heatmaps(frame: pd.DataFrame, n_digits: int, *, value: str = "lo
                          subtask_class: str = "all") -> go.Figure:
     """Each head's direct logit attribution split by the source position it reads, per answer digit."""
     rows = frame[frame["subtask_class"] == subtask_class]
-    names = position_names(n_digits)
+    names = position_labels(n_digits)
     digits = [d for d in answer_order(n_digits) if d in set(rows["answer_digit"])]
     heads = _components(rows.assign(head=rows["head"].astype(int)))
     fig = make_subplots(rows=1, cols=max(len(digits), 1), shared_yaxes=True, subplot_titles=digits,
@@ -249,9 +298,13 @@ def head_source_heatmaps(frame: pd.DataFrame, n_digits: int, *, value: str = "lo
 def patching_heatmaps(frame: pd.DataFrame, n_digits: int, *, value: str = "recovery") -> go.Figure:
     """Activation patching: rows of panels per pair kind, columns per answer digit; position x head/MLP.
 
-    `value` is recovery (signed, colours clipped to +-1), flips (0..1) or another signed column.
+    `value` is recovery or net_flips (signed, colours clipped to +-1; net_flips
+    shows its 95% interval on hover), flips (0..1, raw: it counts pairs that
+    give the clean digit unpatched too) or another signed column.
     """
-    names = position_names(n_digits)
+    if value == "net_flips" and "net_flips" not in frame.columns:  # a table from before flips were netted
+        frame = frame.assign(net_flips=frame["flips"] - frame["baseline_flips"])
+    names = position_labels(n_digits)
     kinds = list(dict.fromkeys(frame["kind"]))
     digits = [d for d in answer_order(n_digits) if d in set(frame["answer_digit"])]
     columns = _components(frame)
@@ -260,6 +313,9 @@ def patching_heatmaps(frame: pd.DataFrame, n_digits: int, *, value: str = "recov
     fig = make_subplots(rows=max(len(kinds), 1), cols=max(len(digits), 1), subplot_titles=titles,
                         horizontal_spacing=SUBPLOT_GAP, vertical_spacing=0.3 / max(len(kinds), 1))
     signed = value != "flips"
+    bounds = [f"{value}_ci_low", f"{value}_ci_high"]
+    with_interval = set(bounds) <= set(frame.columns)
+    hover = "%{y} %{x}: %{z}" + (" (95% CI %{customdata[0]} to %{customdata[1]})" if with_interval else "")
     for r, kind in enumerate(kinds):
         for c, digit in enumerate(digits):
             part = frame[(frame["kind"] == kind) & (frame["answer_digit"] == digit)]
@@ -267,19 +323,27 @@ def patching_heatmaps(frame: pd.DataFrame, n_digits: int, *, value: str = "recov
                 continue
             positions = sorted(set(int(p) for p in part["position"]))
             rows = [names[p] for p in positions]
-            z = _grid(part, rows, _named(part["position"], names), columns, _component_labels(part), value)
-            fig.add_trace(go.Heatmap(z=_round(z), x=columns, y=rows, coloraxis="coloraxis",
-                                     hovertemplate="%{y} %{x}: %{z}<extra>" + f"{kind} {digit}</extra>"),
+            row_key, col_key = _named(part["position"], names), _component_labels(part)
+            z = _grid(part, rows, row_key, columns, col_key, value)
+            interval = (np.dstack([_round(_grid(part, rows, row_key, columns, col_key, b), 3) for b in bounds])
+                        if with_interval else None)  # [row, column, low | high]
+            fig.add_trace(go.Heatmap(z=_round(z), x=columns, y=rows, coloraxis="coloraxis", customdata=interval,
+                                     hovertemplate=hover + "<extra>" + f"{kind} {digit}</extra>"),
                           row=r + 1, col=c + 1)
     fig.update_annotations(font_size=10)
     if not signed:
         axis = dict(colorscale="Blues", cmin=0, cmax=1, colorbar=dict(title=value))
     else:
         # Recovery is a share of the clean-vs-corrupted gap: tiny gaps give huge ratios, so the colours stop at
-        # +-1 (full recovery either way) and the hover text keeps the real value.
-        axis = {**signed_axis(value), "cmin": -1, "cmax": 1} if value == "recovery" else signed_axis(value)
+        # +-1 (full recovery either way) and the hover text keeps the real value. Net flips lie in [-1, 1].
+        clipped = value in ("recovery", "net_flips")
+        axis = {**signed_axis(value), "cmin": -1, "cmax": 1} if clipped else signed_axis(value)
+    pairs = sorted({int(p) for p in frame["pairs"]}) if "pairs" in frame.columns else []
+    what = {"net_flips": "net flips: share of pairs giving the clean digit when patched, minus unpatched"}.get(
+        value, value)
+    title = f"Activation patching ({what}) from clean into corrupted questions"
     fig.update_layout(coloraxis=axis, height=max(220 * len(kinds), 320),
-                      title=f"Activation patching ({value}) from clean into corrupted questions")
+                      title=_with_subtitle(title, f"{', '.join(map(str, pairs))} pairs per kind") if pairs else title)
     return fig
 
 

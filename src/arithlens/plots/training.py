@@ -2,7 +2,8 @@
 
 Reads the per-step columns written by training (see the run-folder contract in
 notes/analysis_api.md): `loss`, `loss_A{d}`, the per-digit sub-task columns
-`{base_add,use_carry1,use_sum9}_{loss,count}_d{d}`, the question-level
+`{base_add,use_carry1,use_sum9}_{loss,count}_d{d}` (the loss of answer digit A_d, so
+the curves and titles call it A{d}: D{d} names an input digit), the question-level
 `base_add_only`, `use_carry1_any`, `use_sum9_one`, `use_sum9_two` columns and,
 in finite mode, `test_loss` and `test_loss_A{d}`.
 
@@ -10,7 +11,8 @@ Titles follow the seed: "(Training) Loss Curves for 5 digit addition (Infinite)"
 "Per-digit BaseAdd Loss (Infinite) (Training) (N cases, P%)", ... where the case
 counts are summed over all steps and digits and the share is truncated to an
 integer, as the seed computes it. A step where a sub-task had no case carries the
-previous value forward for display, as the seed does.
+previous value forward for display, as the seed does. Each answer digit has one
+colour in every figure (`answer_digit_colour`).
 
 Long runs are shown as means over equal step bins (at most `max_points` points per
 curve) so that a report stays small; the default 3000-step run is drawn exactly.
@@ -25,9 +27,18 @@ import pandas as pd
 import plotly.graph_objects as go
 
 DEFAULT_COLOURS = ("#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF6692", "#B6E880",
-                   "#FF97FF", "#FECB52")  # plotly's default colourway, so bands match the per-token curves
+                   "#FF97FF", "#FECB52")  # plotly's default colourway
 SUBTASKS: dict[str, str] = {"base_add": "BaseAdd", "use_carry1": "UseCarry1", "use_sum9": "UseSum9"}
 MAX_POINTS = 3000
+
+
+def answer_digit_colour(digit: int, n_digits: int) -> str:
+    """The one colour answer digit A`digit` has in every figure (An takes the first colour of the colourway).
+
+    Set explicitly on each trace: left to plotly, a figure's traces take colours in drawing order,
+    so the same digit changed colour between figures and between the panels of one figure.
+    """
+    return DEFAULT_COLOURS[(n_digits - digit) % len(DEFAULT_COLOURS)]
 
 
 def infer_n_digits(metrics: pd.DataFrame) -> int:
@@ -99,16 +110,21 @@ def lines_figure(
     yaxis: str | None = None,
     scale_buttons: bool = False,
     max_points: int = MAX_POINTS,
+    colours: Sequence[str | None] | None = None,
 ) -> go.Figure:
-    """One line per (name, values) against `metrics.step`, like the seed's `lines` helper."""
+    """One line per (name, values) against `metrics.step`, like the seed's `lines` helper.
+
+    `colours` (one per series, None for plotly's choice) pins line colours, e.g. per answer digit.
+    """
     steps = metrics["step"].to_numpy()
     x, ys = _binned(steps, [s.to_numpy(dtype="float64") for _, s in series], max_points)
     x = x.astype("int32") if x.max(initial=0) < 2**31 else x
     fig = go.Figure()
-    for (name, _), y in zip(series, ys):
+    for index, ((name, _), y) in enumerate(zip(series, ys)):
         if log_y:
             y = np.where(y > 0, y, np.nan)  # log axes cannot show 0; a gap is honest
-        fig.add_trace(go.Scatter(x=x, y=y.astype("float32"), mode="lines", name=name))
+        colour = colours[index] if colours is not None else None
+        fig.add_trace(go.Scatter(x=x, y=y.astype("float32"), mode="lines", name=name, line=dict(color=colour)))
     fig.update_layout(
         title=title,
         xaxis_title="Step",
@@ -155,8 +171,10 @@ def per_token_loss_curves(metrics: pd.DataFrame, *, testing: bool = False, log_y
     prefix = "test_loss" if testing else "loss"
     series = [(f"A{d}", metrics[f"{prefix}_A{d}"]) for d in range(n, -1, -1)]
     series.append((f"{'test' if testing else 'train'}_loss", metrics[prefix]))
+    colours = [*(answer_digit_colour(d, n) for d in range(n, -1, -1)), "black"]
     scale = "Per-digit (Log scale) " if log_y else "Per-digit "
-    return lines_figure(metrics, series, f"{scale}{kind} Loss Curves for {n} digit addition {size}", log_y=log_y)
+    return lines_figure(metrics, series, f"{scale}{kind} Loss Curves for {n} digit addition {size}", log_y=log_y,
+                        colours=colours)
 
 
 def _subtask_suffix(metrics: pd.DataFrame, label: str) -> str:
@@ -166,7 +184,10 @@ def _subtask_suffix(metrics: pd.DataFrame, label: str) -> str:
 
 
 def subtask_digit_curves(metrics: pd.DataFrame, subtask: str) -> go.Figure:
-    """Per-digit loss of one sub-task (base_add, use_carry1 or use_sum9): the seed's `graph_perdigit`."""
+    """Per-digit loss of one sub-task (base_add, use_carry1 or use_sum9): the seed's `graph_perdigit`.
+
+    Column `{subtask}_loss_d{d}` is the loss of answer digit A_d, so the lines are named A0 .. A(n-1).
+    """
     if subtask not in SUBTASKS:
         raise ValueError(f"subtask must be one of {', '.join(SUBTASKS)}, got {subtask!r}")
     n = infer_n_digits(metrics)
@@ -174,7 +195,8 @@ def subtask_digit_curves(metrics: pd.DataFrame, subtask: str) -> go.Figure:
         (f"A{d}", display_series(metrics, f"{subtask}_loss_d{d}", f"{subtask}_count_d{d}")) for d in range(n)
     ]
     title = "Per-digit " + _subtask_suffix(metrics, SUBTASKS[subtask])
-    return lines_figure(metrics, series, title, scale_buttons=True)
+    return lines_figure(metrics, series, title, scale_buttons=True,
+                        colours=[answer_digit_colour(d, n) for d in range(n)])
 
 
 def _count_label(metrics: pd.DataFrame, name: str, column: str) -> str:
@@ -219,7 +241,7 @@ def use_sum9_cascade_curves(metrics: pd.DataFrame) -> go.Figure:
 def digit_comparison_curves(
     metrics: pd.DataFrame, digit: int, *, log_y: bool = False, include_use_sum9: bool = True
 ) -> go.Figure:
-    """For one digit, the sub-task losses side by side: the seed's per-digit comparison graphs."""
+    """For answer digit A`digit`, the sub-task losses side by side: the seed's per-digit comparison graphs."""
     finite = is_finite_mode(metrics)
     size, kind = data_labels(finite, finite)
     keys = ["base_add", "use_carry1"] + (["use_sum9"] if include_use_sum9 else [])
@@ -227,20 +249,20 @@ def digit_comparison_curves(
         (SUBTASKS[k], display_series(metrics, f"{k}_loss_d{digit}", f"{k}_count_d{digit}")) for k in keys
     ]
     tasks = "BaseAdd, UseCarry1 & UseSum9" if include_use_sum9 else "BaseAdd & UseCarry1"
-    title = f"Loss for {tasks} Tasks for digit {digit} {size} {kind}"
+    title = f"Loss for {tasks} Tasks for answer digit A{digit} {size} {kind}"
     return lines_figure(metrics, series, ("Log " if log_y else "") + title, log_y=log_y)
 
 
-def add_phase_bands(fig: go.Figure, phases: pd.DataFrame | None) -> go.Figure:
+def add_phase_bands(fig: go.Figure, phases: pd.DataFrame | None, n_digits: int | None = None) -> go.Figure:
     """Shade each phase change (columns answer_digit, start_step, end_step) as a labelled vertical band.
 
-    A band takes the colour its answer digit has in the per-token curves (An first).
+    A band takes its answer digit's colour (`answer_digit_colour`). Without `n_digits` the
+    highest digit with a phase stands in for n, which shifts the colours when An has no phase.
     """
     if phases is None or len(phases) == 0:
         return fig
-    colours = DEFAULT_COLOURS
     digits = [int(str(d).lstrip("A")) for d in phases["answer_digit"] if str(d).lstrip("A").isdigit()]
-    top = max(digits, default=0)
+    top = max(digits, default=0) if n_digits is None else n_digits
     shapes, notes = list(fig.layout.shapes), list(fig.layout.annotations)
     for row in phases.itertuples(index=False):
         start, end = float(row.start_step), float(row.end_step)
@@ -248,7 +270,7 @@ def add_phase_bands(fig: go.Figure, phases: pd.DataFrame | None) -> go.Figure:
             continue
         name = str(row.answer_digit)
         digit = int(name.lstrip("A")) if name.lstrip("A").isdigit() else top
-        colour = colours[(top - digit) % len(colours)]
+        colour = answer_digit_colour(digit, top)
         # One layout update for all bands: plotly's add_vrect re-validates the whole layout per call.
         shapes.append(dict(type="rect", xref="x", yref="paper", x0=start, x1=max(end, start + 1), y0=0, y1=1,
                            fillcolor=colour, opacity=0.15, line_width=0, layer="below"))
@@ -273,7 +295,7 @@ def heldout_accuracy_curves(metrics: pd.DataFrame) -> go.Figure:
     evaluated = metrics[metrics["heldout_accuracy"].notna()]
     fig = go.Figure()
     series = [("all questions", "heldout_accuracy", dict(width=3, color="black"))]
-    series += [(f"A{d}", f"heldout_acc_A{d}", dict(color=DEFAULT_COLOURS[(n - d) % len(DEFAULT_COLOURS)]))
+    series += [(f"A{d}", f"heldout_acc_A{d}", dict(color=answer_digit_colour(d, n)))
                for d in range(n, -1, -1)]
     series += [(f"cascade depth {k}", f"heldout_acc_depth{k}", dict(dash="dot")) for k in range(n)
                if evaluated[f"heldout_acc_depth{k}"].notna().any()]
@@ -298,13 +320,14 @@ def training_figures(metrics: pd.DataFrame, phases: pd.DataFrame | None = None) 
     finite = is_finite_mode(metrics)
     out: list[tuple[str, go.Figure]] = []
     if has_heldout(metrics):
-        out.append(("Held-out accuracy", add_phase_bands(heldout_accuracy_curves(metrics), phases)))
+        out.append(("Held-out accuracy", add_phase_bands(heldout_accuracy_curves(metrics), phases, n)))
     for testing in ([False, True] if finite else [False]):
         group = "Loss curves (testing)" if testing else "Loss curves (training)"
         for log_y in (False, True):
-            out.append((group, add_phase_bands(loss_curves(metrics, testing=testing, log_y=log_y), phases)))
+            out.append((group, add_phase_bands(loss_curves(metrics, testing=testing, log_y=log_y), phases, n)))
         for log_y in (False, True):
-            out.append((group, add_phase_bands(per_token_loss_curves(metrics, testing=testing, log_y=log_y), phases)))
+            out.append((group, add_phase_bands(per_token_loss_curves(metrics, testing=testing, log_y=log_y),
+                                               phases, n)))
     out.append(("BaseAdd", base_add_only_curve(metrics)))
     out.append(("BaseAdd", subtask_digit_curves(metrics, "base_add")))
     out.append(("UseCarry1", use_carry1_any_curve(metrics)))
@@ -312,7 +335,7 @@ def training_figures(metrics: pd.DataFrame, phases: pd.DataFrame | None = None) 
     out.append(("UseSum9", use_sum9_cascade_curves(metrics)))
     out.append(("UseSum9", subtask_digit_curves(metrics, "use_sum9")))
     for digit in range(n):
-        group = f"Sub-tasks of digit {digit}"
+        group = f"Sub-tasks of A{digit}"
         for include_use_sum9 in (False, True):
             for log_y in (False, True):
                 out.append(
