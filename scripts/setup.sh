@@ -11,7 +11,7 @@ PYTHON="${PYTHON:-python3}"
 # Pinned so pip takes the CPU build (on this project's machines it lies on local disk);
 # an unpinned torch pulls a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,sweep]"  # sweep: Ray, for `arithlens sweep`
 
 # Headless Chromium renders report.html in the report tests (they skip without it).
 if ! command -v chromium >/dev/null 2>&1; then

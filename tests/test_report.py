@@ -240,13 +240,15 @@ def _decode(values: object) -> np.ndarray:
 @pytest.mark.slow
 def test_full_report_has_every_part_and_no_missing_notice(full_report: Path) -> None:
     page = full_report.read_text()
-    for section in ("run", "training", "algorithm", "accuracy", "attention", "ablation", "attribution", "patching",
-                    "pca", "dynamics"):
+    for section in ("run", "training", "algorithm", "circuit", "accuracy", "attention", "ablation",
+                    "attribution", "patching", "pca", "dynamics"):
         assert f'<section id="{section}">' in page
     assert notices(page) == ""  # nothing left out, nothing that could not be drawn
     for heading in ("Useful positions", "Useful nodes", "Node ablation per answer digit", "Logit lens",
                     "Direct logit attribution", "Patching grids", "Head outputs by tri-state", "Phase changes",
-                    "Nodes per answer digit and sub-task (confidence in brackets)", "Failures"):
+                    "Nodes per answer digit and sub-task (confidence in brackets)", "Failures",
+                    "Hypothesis tests: the published algorithm, clause by clause",
+                    "Faithfulness and completeness per answer digit", "Faithfulness as nodes are added by importance"):
         assert f"<h3>{heading}</h3>" in page
     assert "<th>nines</th>" in page
     # an untrained tiny model earns no algorithm-map claim; then the page must say so instead of a table

@@ -63,7 +63,7 @@ def test_every_file_is_written_with_its_documented_columns(analysed):
     folder, tables = analysed
     written = sorted(p.name for p in (folder / "analysis").iterdir())
     documented = documented_columns()
-    assert len(documented) == 19
+    assert len(documented) == 23
     assert written == sorted([*documented, "summary.json"])
     for name, columns in documented.items():
         frame = pd.read_parquet(folder / "analysis" / name)
@@ -112,6 +112,12 @@ def test_summary_names_each_digits_nodes_and_roles(analysed):
             assert node["roles"] and all(r in ("BaseAdd", "MakeCarry1", "MakeSum9", "UseSum9", "unassigned")
                                          for r in node["roles"])
     assert summary["cannot_do"] == tables["failed_cases"]["description"].tolist()
+    clauses = summary["clauses"]  # the published algorithm for 3 digits, tested causally
+    assert clauses["file"] == "published_1layer (3 digits)" and clauses["total"] == len(tables["clauses"]) == 14
+    assert clauses["text"] == f"{clauses['passed']} of 14 clauses passed ({clauses['strong']} strong, {clauses['weak']} weak)"
+    circuit = summary["circuit"]  # the map's scores per answer digit, on the sample of 200
+    assert circuit["questions"] == 200 and list(circuit["answer_digits"]) == ["A3", "A2", "A1", "A0", "all"]
+    assert set(circuit["answer_digits"]["all"]) >= {"faithfulness", "completeness", "cpr", "cmd", "redundant_nodes"}
     assert set(summary["seconds"]) >= {"accuracy", "ablation", "patching", "pca", "phases", "checkpoints"}
 
 
@@ -130,7 +136,7 @@ def test_a_run_without_metrics_still_gets_every_file(tmp_path):
     folder = make_run(tmp_path / "bare", with_metrics=False)
     tables = analyze_run(folder, **{**SMALL, "progress": True})
     assert tables["phases"].empty and tables["checkpoint_nodes"].empty and tables["subtask_changes"].empty
-    assert len(list((folder / "analysis").glob("*.parquet"))) == 19
+    assert len(list((folder / "analysis").glob("*.parquet"))) == 23
 
 
 def test_bad_input(tmp_path):

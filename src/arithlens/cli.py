@@ -7,7 +7,10 @@
     arithlens eval       accuracy by category, cascade depth and answer digit
     arithlens analyze    every analysis, into RUN_DIR/analysis/
     arithlens report     (re)build RUN_DIR/report.html
+    arithlens hypothesis test a file of algorithm claims causally, by patching question pairs
+    arithlens circuit    faithfulness, completeness and redundant nodes of a node set you name
     arithlens models     the bundled trained models
+    arithlens sweep      a grid of runs (--seed 1,2,3 --layers 1,2) trained, analysed and compared, on Ray
 
 A user mistake prints one line on stderr and exits with code 2, never a traceback.
 """
@@ -32,6 +35,7 @@ from rich.table import Table
 
 from arithlens.config import ModelConfig, RunConfig, TrainConfig
 from arithlens.errors import ArithlensError, CommandInterrupted, TrainingInterrupted
+from arithlens.sweep import DEFAULT_COUNT as SWEEP_COUNT
 
 app = typer.Typer(
     add_completion=False,
@@ -107,9 +111,9 @@ TRAINING_OPTIONS: tuple[inspect.Parameter, ...] = (
 )
 
 
-def training_command(func: Callable[..., None]) -> Callable[..., None]:
-    """Give a command the shared training options: `func(options, **own)` gets them as one dict."""
-    names = [p.name for p in TRAINING_OPTIONS]
+def _grouped_command(func: Callable[..., None], options: tuple[inspect.Parameter, ...]) -> Callable[..., None]:
+    """A command taking `options` and func's own parameters: `func(options, **own)` gets the options as one dict."""
+    names = [p.name for p in options]
     own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
            for p in list(inspect.signature(func, eval_str=True).parameters.values())[1:]]
 
@@ -120,10 +124,22 @@ def training_command(func: Callable[..., None]) -> Callable[..., None]:
         except TrainingInterrupted as stopped:  # past typer, which would keep only "exit 130"
             raise CommandInterrupted(stopped.message, stopped.exit_code) from None
 
-    command.__signature__ = inspect.Signature([*TRAINING_OPTIONS, *own])  # type: ignore[attr-defined]
+    command.__signature__ = inspect.Signature([*options, *own])  # type: ignore[attr-defined]
     command.__annotations__ = {}
     del command.__wrapped__  # typer must read the signature above, not func's
     return command
+
+
+def training_command(func: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the shared training options: `func(options, **own)` gets them as one dict."""
+    return _grouped_command(func, TRAINING_OPTIONS)
+
+
+def sweep_command(func: Callable[..., None]) -> Callable[..., None]:
+    """Give a command every training flag as text, a comma list being a sweep axis: `func(grid, **own)`."""
+    from arithlens.sweep.grid import grid_options
+
+    return _grouped_command(func, grid_options(TRAINING_OPTIONS))
 
 
 def _command_line() -> str:
@@ -167,8 +183,9 @@ def _betas(text: str | None) -> tuple[float, float] | None:
     return first, second
 
 
-def _run_config(options: dict[str, Any]) -> RunConfig:
-    """The resolved config: the recipe's values, overridden by every flag given."""
+def run_config_from_flags(options: dict[str, Any]) -> RunConfig:
+    """The resolved config: the recipe's values, overridden by every flag given (`arithlens sweep` builds
+    each cell's config with it too)."""
     grad_clip = options["grad_clip"]
     train = TrainConfig.from_recipe(
         options["recipe"], steps=options["steps"], batch_size=options["batch_size"], lr=options["lr"],
@@ -192,7 +209,7 @@ def _train_or_resume(options: dict[str, Any]) -> Path:
     """Validate every flag first (nothing on disk is touched by a bad one), then train or resume."""
     from arithlens.training import resume, train
 
-    config = _run_config(options)
+    config = run_config_from_flags(options)
     progress = not options["no_progress"]
     if options["resume"] is not None:
         _check_resume_flags(options, config)
@@ -339,6 +356,14 @@ def _print_analysis_summary(summary: dict) -> None:
     cannot = summary.get("cannot_do") or []
     if cannot:
         console.print("[bold]cannot do[/bold] " + "; ".join(cannot[:3]))
+    clauses = summary.get("clauses") or {}
+    if clauses.get("text"):
+        failed = ", ".join(clauses.get("failed", [])[:6])
+        console.print(f"[bold]published algorithm[/bold] {clauses['text']}" + (f"; failed: {failed}" if failed else ""))
+    whole = ((summary.get("circuit") or {}).get("answer_digits") or {}).get("all")
+    if whole and whole.get("faithfulness") is not None and whole.get("completeness") is not None:
+        console.print(f"[bold]the map as a circuit[/bold] faithfulness {whole['faithfulness']:.3f}, completeness "
+                      f"{whole['completeness']:.3f} ({whole['nodes']} nodes; see circuit.parquet)")
 
 
 @app.command()
@@ -387,6 +412,90 @@ def report(
     if out is not None and not out.parent.is_dir():
         raise ArithlensError(f"cannot write {out}: folder {out.parent} does not exist")
     console.print(f"report written to {_report(path, out, analysis)}")
+
+
+@app.command()
+def hypothesis(
+    run_dir: Annotated[str, typer.Argument(help="A run folder or bundled model name.")],
+    file: Annotated[str, typer.Argument(help="A hypothesis file (TOML), or a shipped one: published_1layer.")],
+    pairs: Annotated[int, typer.Option("--pairs", help="Question pairs per clause.")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the question pairs.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
+) -> None:
+    """Test each clause of a hypothesis file causally, by patching question pairs that differ in its sub-task."""
+    from arithlens.analysis.clauses import clause_counts, clause_display, clause_records, evaluate_clauses
+    from arithlens.analysis.hypotheses import read_hypotheses
+    from arithlens.runs import load_model
+
+    if pairs < 1:
+        raise ArithlensError(f"--pairs must be at least 1, got {pairs}")
+    hypotheses = read_hypotheses(file)  # a broken file fails before the model loads
+    frame = evaluate_clauses(load_model(run_dir), hypotheses, pairs=pairs, seed=seed)
+    counts = clause_counts(frame)
+    if as_json:
+        payload = {"model": run_dir, "file": file, "pairs": pairs, "seed": seed, "counts": counts,
+                   "clauses": clause_records(frame)}
+        sys.stdout.write(json.dumps(payload, allow_nan=False) + "\n")
+        return
+    table = Table(title=f"{hypotheses.title or file} on {run_dir} ({pairs} question pairs per clause, seed {seed})")
+    shown = clause_display(frame)
+    for column in shown.columns:
+        table.add_column(column, justify="right" if column in ("pair", "pairs", "recovery") else "left",
+                         no_wrap=column != "patched")
+    colours = {"strong": "green", "weak": "yellow", "fail": "red"}
+    for row in shown.itertuples(index=False):
+        table.add_row(*map(str, row[:-1]), f"[{colours[row.verdict]}]{row.verdict}[/]")
+    Console(width=max(console.width, 180)).print(table)  # wide enough not to wrap when piped (rich assumes 80)
+    console.print(counts["text"], markup=False, highlight=False)
+
+
+@app.command()
+def circuit(
+    run_dir: Annotated[str, typer.Argument(help="A run folder or bundled model name.")],
+    nodes: Annotated[list[str], typer.Argument(help="Nodes to keep, e.g. P14L0H2 P14L0M (commas work too).")],
+    count: Annotated[int, typer.Option("--count", help="Random questions to score on.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the questions.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
+) -> None:
+    """Faithfulness, completeness and redundant nodes of a node set, per answer digit and for the whole answer.
+
+    Every other head and MLP is mean-ablated (see `arithlens.analysis.circuit`).
+    """
+    import math
+
+    from arithlens.analysis.circuit import check_circuit_nodes, score_circuit
+    from arithlens.analysis.question_sets import make_question_set
+    from arithlens.model import model_config_of
+    from arithlens.runs import load_model
+    from arithlens.task import AdditionTask
+
+    if count < 1:
+        raise ArithlensError(f"--count must be at least 1, got {count}")
+    loaded = load_model(run_dir)
+    names = check_circuit_nodes(loaded, ",".join(nodes))  # a bad or missing node fails before the work
+    batch = make_question_set(AdditionTask(model_config_of(loaded).n_digits), "random", count, seed).batch
+    frame = score_circuit(loaded, batch, names)
+    if as_json:
+        records = frame.drop(columns=["nodes", "reference"]).to_dict("records")
+        rows = [{key: (None if isinstance(value, float) and not math.isfinite(value) else value)  # NaN is not JSON
+                 for key, value in row.items()} for row in records]
+        payload = {"model": run_dir, "nodes": names, "questions": count, "seed": seed,
+                   "reference": str(frame["reference"].iloc[0]), "scores": rows}
+        sys.stdout.write(json.dumps(payload, allow_nan=False) + "\n")
+        return
+    table = Table(title=f"{', '.join(names)} kept in {run_dir}, every other node mean-ablated ({count:,} questions, "
+                        f"seed {seed})")
+    for column in ("answer digit", "f", "completeness", "accuracy kept", "accuracy ablated", "full model",
+                   "redundant"):
+        table.add_column(column, justify="left" if column in ("answer digit", "redundant") else "right")
+    for row in frame.itertuples(index=False):
+        table.add_row(row.answer_digit, f"{row.faithfulness:.3f}", f"{row.completeness:.3f}",
+                      f"{100 * row.accuracy_kept:.2f}%", f"{100 * row.accuracy_ablated:.2f}%",
+                      f"{100 * row.accuracy_full:.2f}%", row.redundant_nodes)
+    Console(width=max(console.width, 140)).print(table)
+    console.print(f"f = (m(kept) - m(none)) / (m(full) - m(none)), m = the correct digit's logit minus the largest "
+                  f"other digit's; completeness = f with only these nodes ablated. Means over "
+                  f"{frame['reference'].iloc[0]}.", markup=False, highlight=False)
 
 
 @app.command()
@@ -592,6 +701,39 @@ def models() -> None:
                       f"{100 * accuracy:.2f}% of {card.get('accuracy_questions', 0):,}" if accuracy is not None else "")
     # Wide enough that names are never cut short, also when piped (rich assumes 80 columns then).
     Console(width=max(console.width, 120)).print(table)
+
+
+@app.command()
+@sweep_command
+def sweep(
+    grid: dict[str, Any],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Sweep folder (default sweeps/sweep-<time>); the same command again continues it.")] = None,
+    count: Annotated[int, typer.Option("--count", help="Questions per analysis of each cell.")] = SWEEP_COUNT,
+    address: Annotated[Optional[str], typer.Option(
+        "--address", help="HOST:PORT of a Ray cluster's head to run on (default: a local Ray instance, one cell "
+                          "per core).")] = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """Train, analyse and report a grid of runs (e.g. --seed 1,2,3 --layers 1,2), then compare their circuits.
+
+    A training flag with several comma-separated values is an axis; a single value is fixed for every cell.
+    Exit code 1 if a cell failed (the others are still compared), 130 on Ctrl-C; the same command continues.
+    """
+    from arithlens.sweep.grid import plan_sweep
+
+    plan = plan_sweep(grid)  # a bad grid fails here, before the training stack loads
+
+    from arithlens.sweep.runner import run_sweep
+
+    target = out or Path("sweeps") / datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
+    result = run_sweep(plan, target, count=count, address=address, progress=not no_progress, console=console)
+    for line in result.summary_lines():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if result.interrupted:
+        raise CommandInterrupted(result.interrupted_message(), 130)
+    if result.failed:
+        raise typer.Exit(1)
 
 
 def _environment_error(error: Exception) -> str | None:

@@ -30,6 +30,7 @@ import plotly.offline
 import arithlens
 from arithlens.errors import ArithlensError
 from arithlens.plots import analysis as analysis_plots
+from arithlens.plots import circuit as circuit_plots
 from arithlens.plots import training as training_plots
 from arithlens.runs import ANALYSIS_DIR, METRICS_FILE, REPORT_FILE, Run, is_bundled, load_run
 from arithlens.task import AdditionTask
@@ -95,7 +96,7 @@ def render_report(run: Run, analysis: str | Path | None = None) -> str:
         sections.append(_training_section(metrics, phases, notices))
     if tables:
         sections += _analysis_sections(tables, run, notices)
-    return _page(run, sections, notices)
+    return page_html(f"arithlens report: {run.path.name}", _subtitle(run), sections, notices)
 
 
 # ----- inputs --------------------------------------------------------------
@@ -223,7 +224,8 @@ def phase_bands(tables: dict[str, Any]) -> pd.DataFrame | None:
 
 
 PERCENT_COLUMNS = {"accuracy", "failure_rate", "failure_rate_before", "failure_rate_after", "wrong_share",
-                   "base_rate"}
+                   "base_rate", "accuracy_full", "accuracy_kept", "accuracy_ablated", "accuracy_without",
+                   "accuracy_drop"}
 
 
 def checkpoint_note(run: Run, frame: pd.DataFrame | None = None) -> str:
@@ -331,12 +333,59 @@ def _pca_items(points: pd.DataFrame, t: dict[str, Any], n: int, layers: int, hea
     return items
 
 
+def _clause_items(frame: pd.DataFrame, t: dict[str, Any], n: int, layers: int, heads: int) -> list[Item]:
+    from arithlens.analysis.clauses import clause_counts, clause_display  # loaded with the analysis tables already
+
+    summary = t.get("summary") if isinstance(t.get("summary"), dict) else {}
+    file = (summary.get("clauses") or {}).get("file", "the hypothesis file")
+    shown = clause_display(frame).assign(claim=frame["claim"]).map(lambda value: html.escape(str(value)))
+    shown["verdict"] = [f"<span class='verdict-{v}'>{v}</span>" for v in shown["verdict"]]  # escaped words only
+    body = shown[["clause", "claim", *[c for c in shown.columns if c not in ("clause", "claim")]]].to_html(
+        index=False, escape=False, classes="data", border=0)
+    return [f"<p class='intro'><strong>{html.escape(clause_counts(frame)['text'])}</strong> "
+            f"({html.escape(str(file))}). {CLAUSES_NOTE}</p>", f"<div class='table-wrap'>{body}</div>"]
+
+
+CLAUSES_NOTE = (
+    "Each clause is tested causally: its nodes (the heads at the position predicting the digit that put at least "
+    "half their attention on the pair it names) are patched from clean questions into ones that differ in exactly "
+    "that sub-task. <em>strong</em>: the 95% interval of the net flip rate (pairs that now give exactly the clean "
+    "digit, minus those that do unpatched) lies above 50%; <em>weak</em>: above 0. An absent clause passes strong "
+    "when the digit's change lies within its margin (weak: cannot be told from it) and fails when it is larger.")
+
+
+def _circuit_items(frame: pd.DataFrame, t: dict[str, Any], n: int, layers: int, heads: int) -> list[Item]:
+    first = ["answer_digit", "node_count", "faithfulness", "completeness", "accuracy_full", "accuracy_kept",
+             "accuracy_ablated", "cpr", "cmd", "redundant_nodes"]
+    shown = frame[[c for c in first if c in frame.columns] + [c for c in ("nodes",) if c in frame.columns]]
+    where = (f"{int(frame['questions'].iloc[0]):,} random questions; means over {frame['reference'].iloc[0]}"
+             if {"questions", "reference"} <= set(frame.columns) else "")
+    return [f"<p class='intro'>{html.escape(where)}</p>", shown]
+
+
 Make = Callable[[pd.DataFrame, dict[str, Any], int, int, int], list[Item]]
 AP = analysis_plots
 ANALYSIS_PARTS: list[tuple[str, str, str, list[tuple[str, str, Make]]]] = [
     ("algorithm", "Algorithm map",
      "Which node computes which sub-task for each answer digit, as far as causal evidence supports it.",
      [("Nodes per answer digit and sub-task (confidence in brackets)", "algorithm_map", _algorithm_items)]),
+    ("circuit", "Does the map explain the model?",
+     "The algorithm map scored as a circuit, as MIB and EAP-IG score circuits. m is the correct answer digit's logit "
+     "minus the largest other digit's logit, averaged over the questions (for the whole answer, over the digits too). "
+     "<em>Faithfulness</em> f = (m(map) - m(none)) / (m(full model) - m(none)), with every node outside the map "
+     "mean-ablated (every head's z and MLP's output at every position and layer; none = all of them ablated): 1 means "
+     "the map alone does what the model does. <em>Completeness</em> is f left when only the map's nodes are ablated: "
+     "near 0 means the digit breaks without them. <em>Minimality</em>: the fall in f when one map node alone is "
+     "removed; a node is redundant when f falls by less than 0.02 and the accuracy by less than 2 points. "
+     "The curve keeps the nodes that can reach the digit most important first (by their single-node ablation effect); "
+     "CPR is the area under it and CMD the area under |1 - f|, over the share of nodes kept.",
+     [("Faithfulness and completeness per answer digit", "circuit", _circuit_items),
+      ("Faithfulness as nodes are added by importance", "circuit_curve",
+       lambda f, t, n, l, h: [circuit_plots.faithfulness_curve(f, n, t.get("circuit"))]),
+      ("Circuit diagram", "circuit_minimality",
+       lambda f, t, n, l, h: [circuit_plots.circuit_diagram(t["algorithm_map"], f, n, l, h, t.get("attention"))]),
+      ("Minimality: each map node removed alone", "circuit_minimality", lambda f, t, n, l, h: [f]),
+      ("Hypothesis tests: the published algorithm, clause by clause", "clauses", _clause_items)]),
     ("accuracy", "Accuracy", "Accuracy in nines (on 1M questions 0-1 failures is six nines, 2-10 five nines).",
      [("Accuracy", "accuracy", _accuracy_items),
       ("Cases the model cannot do", "failed_cases", lambda f, t, n, l, h: [f]),
@@ -387,6 +436,7 @@ EMPTY_NOTES = {
     "phases": "No phase change was found in the per-digit loss curves.",
     "subtask_changes": "No phase change, so nothing to compare.",
     "checkpoint_nodes": "No phase change was bracketed by checkpoints, or none was compared.",
+    "circuit_minimality": "The map names no node, so there is nothing to remove (and no circuit to draw).",
 }
 
 
@@ -412,6 +462,8 @@ table.data th { background: #f6f8fa; }
 .table-wrap { max-height: 480px; overflow: auto; display: inline-block; max-width: 100%; }
 pre { background: #f6f8fa; padding: 10px; border-radius: 6px; overflow-x: auto; }
 .intro { color: #57606a; max-width: 1000px; }
+.verdict-strong { color: #1a7f37; font-weight: 600; } .verdict-weak { color: #9a6700; font-weight: 600; }
+.verdict-fail { color: #cf222e; font-weight: 600; }
 """
 
 LOADER = """
@@ -511,7 +563,11 @@ def _render_items(section: Section, figures: list[str], default_template: str) -
             yield str(item)
 
 
-def _page(run: Run, sections: list[Section], notices: list[str]) -> str:
+def page_html(title: str, subtitle: str, sections: list[Section], notices: list[str]) -> str:
+    """One offline page: a header, a nav bar, the notices and every section, plotly inlined once.
+
+    A run's report and a sweep's comparison (`arithlens.sweep.page`) are both drawn by it.
+    """
     template_spec = pio.templates[pio.templates.default].to_plotly_json()
     default_template = json.dumps(template_spec, sort_keys=True)
     figures: list[str] = []
@@ -533,7 +589,6 @@ def _page(run: Run, sections: list[Section], notices: list[str]) -> str:
     plotly_js = plotly.offline.get_plotlyjs()
     if "</script" in plotly_js.lower():
         raise ArithlensError("this plotly build cannot be inlined (its JavaScript holds '</script'); reinstall plotly")
-    title = f"arithlens report: {run.path.name}"
     return "\n".join(
         [
             "<!DOCTYPE html>",
@@ -543,7 +598,7 @@ def _page(run: Run, sections: list[Section], notices: list[str]) -> str:
             f"<style>{CSS}</style>",
             f"<script>{plotly_js}</script>",
             "</head><body>",
-            f"<header><h1>{html.escape(title)}</h1><p>{html.escape(_subtitle(run))}</p></header>",
+            f"<header><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p></header>",
             f"<nav>{nav}</nav>",
             "<main>",
             notice,

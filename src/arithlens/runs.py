@@ -43,7 +43,8 @@ ANALYSIS_DIR = "analysis"
 RUN_ARTEFACTS = (CONFIG_FILE, MODEL_FILE, METRICS_FILE, CHECKPOINT_DIR, REPORT_FILE, ANALYSIS_DIR)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` into a hidden file beside `path`, then rename it over `path`: readers see old or new, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.chmod(tmp, 0o644)  # run folders are meant to be shared; some writers create files 0600
@@ -51,12 +52,12 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -8,8 +8,9 @@ runs near the CPU's matmul limit (benchmarks/eval_speed.py measures it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from types import TracebackType
 
 import torch
@@ -37,6 +38,29 @@ def score_logits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Ten
     return loss, predicted_digits(logits)
 
 
+@contextmanager
+def cpu_workers(workers: int, name: str = "arithlens-worker") -> Iterator[ThreadPoolExecutor | None]:
+    """A pool of `workers` single-threaded workers, one chunk each at a time (None for one worker).
+
+    torch ops release the GIL, so the workers run side by side with no thread
+    barrier inside an op: small chunks under intra-op threading pay one per op,
+    and on a busy machine a preempted thread stalls every barrier for a whole
+    time slice. `torch.set_num_threads` is process-wide: it is set to 1 before
+    the pool's threads start (each picks it up on its first op) and restored on exit.
+    """
+    if workers <= 1:
+        yield None
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
+
+
 def default_chunk_size(config: ModelConfig, device: torch.device, dtype: torch.dtype = torch.float32) -> int:
     """Questions per forward call: cache-sized on a CPU, large on an accelerator."""
     if device.type != "cpu":
@@ -50,9 +74,7 @@ class Scorer:
     """Loss and predicted digits for token chunks, through `AnswerForward`, without grad.
 
     On a CPU with several threads it runs one single-threaded worker per thread, each on
-    its own cache-sized chunk: small chunks under intra-op threading pay a thread barrier
-    per op, and a busy machine (a preempted thread) stalls every barrier for a whole time
-    slice. `torch.set_num_threads` is process-wide, so it is restored on exit.
+    its own cache-sized chunk (`cpu_workers`).
     """
 
     def __init__(self, model: TransformerBridge, chunk_size: int | None) -> None:
@@ -66,18 +88,14 @@ class Scorer:
         self._pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> Scorer:
-        if self.workers > 1:
-            # Set before the pool's threads start: each picks up the thread count on its first op.
-            torch.set_num_threads(1)
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="arithlens-eval")
+        self._stack = ExitStack()
+        self._pool = self._stack.enter_context(cpu_workers(self.workers, "arithlens-eval"))
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-            torch.set_num_threads(self.threads)
+        self._stack.close()
+        self._pool = None
 
     def _score_chunk(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Grad mode is per thread, so each worker enters inference mode itself.

@@ -11,6 +11,10 @@ Activation patching:          make_patch_pairs, activation_patching; patch_pair 
 PCA:                          head_output_pca, pca, cluster_separation, tri_state
 Training dynamics:            phase_changes, detect_phase_changes, subtask_changes, compare_checkpoints
 Algorithm map:                algorithm_map, failed_cases
+Does the map explain it:      score_circuit, map_circuit, faithfulness, completeness, minimality, circuit_nodes
+                              (node sets scored by mean ablation, as MIB / EAP-IG do; see circuit)
+Hypothesis tests:             Clause, read_hypotheses, parse_hypotheses, published_clauses, evaluate_clauses
+                              (algorithm claims tested causally by patching; see hypotheses and clauses)
 Everything for a run folder:  analyze_run, load_analysis
 """
 
@@ -28,6 +32,14 @@ from arithlens.analysis.accuracy import (
     random_accuracy,
 )
 from arithlens.analysis.algorithm_map import ROLES, algorithm_map, digit_roles, failed_cases
+from arithlens.analysis.circuit import (
+    circuit_nodes,
+    completeness,
+    faithfulness,
+    map_circuit,
+    minimality,
+    score_circuit,
+)
 from arithlens.analysis.attention import (
     attention_examples,
     attention_patterns,
@@ -43,6 +55,7 @@ from arithlens.analysis.attribution import (
     logit_lens,
     logit_lens_logits,
 )
+from arithlens.analysis.clauses import evaluate_clauses
 from arithlens.analysis.dynamics import (
     PhaseChange,
     compare_checkpoints,
@@ -50,6 +63,7 @@ from arithlens.analysis.dynamics import (
     phase_changes,
     subtask_changes,
 )
+from arithlens.analysis.hypotheses import Clause, ClauseError, parse_hypotheses, published_clauses, read_hypotheses
 from arithlens.analysis.naming import node_name, parse_node_name
 from arithlens.analysis.nodes import Node, nodes_table, useful_nodes, useful_positions
 from arithlens.analysis.patching import (
@@ -70,6 +84,8 @@ __all__ = [
     "PAIR_KINDS",
     "ROLES",
     "TRI_STATES",
+    "Clause",
+    "ClauseError",
     "EvalResult",
     "NarrowReferenceWarning",
     "Node",
@@ -85,8 +101,10 @@ __all__ = [
     "analyze_run",
     "attention_examples",
     "attention_patterns",
+    "circuit_nodes",
     "circuitsvis_html",
     "cluster_separation",
+    "completeness",
     "default_reference",
     "compare_checkpoints",
     "detect_phase_changes",
@@ -94,7 +112,9 @@ __all__ = [
     "digit_roles",
     "direct_logit_attribution",
     "evaluate",
+    "evaluate_clauses",
     "failed_cases",
+    "faithfulness",
     "failure_pattern_summary",
     "failure_patterns",
     "failure_table",
@@ -107,20 +127,26 @@ __all__ = [
     "logit_lens_logits",
     "make_patch_pairs",
     "make_question_set",
+    "map_circuit",
     "mean_attention_by_class",
+    "minimality",
     "nines",
     "node_ablation",
     "node_name",
     "nodes_table",
     "pair_kinds",
+    "parse_hypotheses",
     "parse_node_name",
     "patch_answer_digit",
     "patch_pair",
     "pca",
+    "published_clauses",
     "phase_changes",
     "position_ablation",
     "question_set_names",
     "random_accuracy",
+    "read_hypotheses",
+    "score_circuit",
     "subtask_changes",
     "top_attended",
     "tri_state",

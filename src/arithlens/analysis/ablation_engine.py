@@ -1,14 +1,23 @@
 """The fast ablation engine: the model as functions of its parameters, recomputing only what an ablation changes.
 
 `Engine.run` caches one forward pass over a chunk of questions (per layer: z,
-resid_mid and mlp_out at the positions that layer computes, plus the tokens);
+resid_mid and mlp_out at the positions that layer computes, the queries, keys
+and values of every layer after the first, plus the tokens);
 `Engine.ablated_logits` overwrites one `Target` (a head's z, an MLP's output,
 or a whole position's output, input or resid_post) with the values of a
 source cache (a mean over the reference questions, a resampled forward pass,
 or zeros) and recomputes from there to the answer logits. What a target can
 change and what it costs is described in `ablation`'s module docstring, which
 also holds the engines equal (`fast=False` runs the TransformerBridge with
-overwriting hooks, from the same `Target.sites`).
+overwriting hooks, from the same `Target.sites`). `Engine.kept_logits` keeps
+a set of heads and MLPs and overwrites all the others at once (`circuit`).
+
+A change at position p of layer l leaves every earlier position as cached
+(attention is causal), so later layers recompute only positions p onwards:
+their queries, and keys and values where the input changed (at p alone in
+layer l+1), reading the cached keys and values of earlier positions. That is
+what keeps node ablation of a 2-layer model near the cost of one MLP per
+answer position a node reaches.
 """
 
 from __future__ import annotations
@@ -24,7 +33,8 @@ from arithlens.model import AnswerForward
 from arithlens.task import AdditionBatch
 
 Site = tuple[str, int | None, int | None]  # (hook name, head, position) to overwrite; None = all of that axis
-Edit = Callable[[int, str, torch.Tensor], None]  # (layer, "z" | "mlp_out" | "post", value) -> edits value in place
+# (layer, "z" | "mlp_out" | "post", value [b, positions, ...], position of its first row) -> edits value in place
+Edit = Callable[[int, str, torch.Tensor, int], None]
 
 
 @dataclass(frozen=True)
@@ -69,14 +79,17 @@ class Cache:
     z: list[torch.Tensor] = field(default_factory=list)
     mid: list[torch.Tensor] = field(default_factory=list)
     mlp_out: list[torch.Tensor] = field(default_factory=list)
+    # layer -> (queries [b, head, q, d_head], keys, values [b, head, kv_len, d_head]) for layers after the
+    # first, which a change downstream of a node reads (a forward pass only; a mean has none)
+    qkv: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     logits: torch.Tensor | None = None  # [b, n+1, d_vocab]
     # the last layer's MLP at one position: (position, pre-activation, its logit contribution)
     hidden: tuple[int, torch.Tensor, torch.Tensor] | None = None
     tokens: torch.Tensor | None = None  # [b, kv_len], for a forward pass: the inputs are recomputed, not kept
     embed: torch.Tensor | None = None  # [1, kv_len, d_model], for a mean: the mean input (token + position)
 
-    def post(self, layer: int) -> torch.Tensor:
-        return self.mid[layer] + self.mlp_out[layer]
+    def post(self, layer: int, rows: slice = slice(None)) -> torch.Tensor:
+        return self.mid[layer][:, rows] + self.mlp_out[layer][:, rows]
 
     def site(self, target: Target, layer: int, rel: int) -> torch.Tensor:
         """The cached value a target overwrites, [b, ...]."""
@@ -140,7 +153,8 @@ class Engine:
         """Answer logits from resid_pre of layer `first` ([b, kv_len, d_model]).
 
         `edit` may change each layer's z, mlp_out and resid_post in place (in
-        that order), at the positions that layer computes.
+        that order), at the positions that layer computes; `cache` collects
+        what `Cache` holds.
         """
         f = self.f
         for layer in range(first, self.config.n_layers):
@@ -153,18 +167,20 @@ class Engine:
             pattern = scores.masked_fill(f.full_mask[start:], float("-inf")).softmax(dim=-1)
             z = (pattern @ values).transpose(1, 2)  # [b, q, head, d_head]
             if edit is not None:
-                edit(layer, "z", z)
+                edit(layer, "z", z, start)
             mid = resid[:, start:] + f._linear(z.flatten(2), f"{prefix}.attn.o")
             mlp_out = self._mlp(mid, layer)
             if edit is not None:
-                edit(layer, "mlp_out", mlp_out)
+                edit(layer, "mlp_out", mlp_out, start)
             resid = mid + mlp_out
             if cache is not None:
                 cache.z.append(z)
                 cache.mid.append(mid)
                 cache.mlp_out.append(mlp_out)
+                if layer > 0:  # layer 0's inputs never change under a head or MLP ablation
+                    cache.qkv[layer] = (queries, keys, values)
             if edit is not None:
-                edit(layer, "post", resid)
+                edit(layer, "post", resid, start)
         return self._unembed(resid)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -219,8 +235,8 @@ class Engine:
             resid[:, position] = 0.0 if source is None else self.inputs(source)[:, position]
             return self.layers(resid, 0)
 
-        def edit(layer: int, stage: str, value: torch.Tensor) -> None:
-            rel = position - self.first_query(layer)
+        def edit(layer: int, stage: str, value: torch.Tensor, start: int) -> None:
+            rel = position - start
             if stage == "post" or rel < 0 or layer < target.layer:
                 return
             if source is None:
@@ -257,10 +273,10 @@ class Engine:
         else:
             post = new.expand_as(old)
 
-            def overwrite_later(later: int, stage: str, resid: torch.Tensor) -> None:
-                later_rel = position - self.first_query(later)
-                if stage == "post" and later_rel >= 0:
-                    resid[:, later_rel] = 0.0 if source is None else source.site(target, later, later_rel)
+            def overwrite_later(later: int, stage: str, resid: torch.Tensor, start: int) -> None:
+                if stage == "post" and position >= start:
+                    rel = position - self.first_query(later)
+                    resid[:, position - start] = 0.0 if source is None else source.site(target, later, rel)
 
             edit = overwrite_later  # a resid_post ablation also holds every later layer's post at this position
 
@@ -268,6 +284,114 @@ class Engine:
             logits = cache.logits.clone()
             logits[:, rel] = self._unembed(post)
             return logits
-        resid = cache.post(layer).clone()
-        resid[:, position] = post
-        return self.layers(resid, layer + 1, edit=edit)
+        return self._downstream(cache, layer, position, post[:, None], edit)
+
+    def _downstream(self, cache: Cache, layer: int, position: int, post: torch.Tensor, edit: Edit | None,
+                    rows: tuple[int, int] | None = None, starts: list[int] | None = None) -> torch.Tensor:
+        """Answer logits [b, rows, d_vocab] when layer `layer`'s resid_post changes to `post` ([b, r, d_model])
+        at positions position .. position+r-1; every other input is as cached.
+
+        Later layers recompute positions from the first changed one (or from
+        starts[later], where `edit` changes that layer earlier) up to the last
+        answer row asked for (`rows`, [start, stop) with An as row 0; default
+        all), with queries, keys and values recomputed only where their input
+        changed (in the first later layer, at the changed rows alone).
+        """
+        f = self.f
+        first_row, stop_row = rows or (0, self.config.n_digits + 1)
+        stop = f.first_answer_logit + stop_row  # positions after the last row asked for are never read
+        changed = post
+        for later in range(layer + 1, self.config.n_layers):
+            prefix = f"blocks.{later}"
+            start = min(position, starts[later]) if starts is not None else position
+            if later == self.last:  # the last layer computes only the answer rows asked for
+                start = max(start, f.first_answer_logit + first_row)
+            begin = min(start, position)  # the input rows read: queries from `start`, changed rows from `position`
+            inputs = cache.post(later - 1, slice(begin, stop))  # a new tensor [b, stop - begin, d_model]
+            inputs[:, position - begin : position - begin + changed.shape[1]] = changed
+            normed = f._norm(inputs, f"{prefix}.ln1")
+            cached_q, cached_k, cached_v = cache.qkv[later]
+            end = position + changed.shape[1]  # the changed rows are position .. end-1
+            new = normed[:, position - begin : end - begin]
+            keys, values = cached_k[:, :, :stop].clone(), cached_v[:, :, :stop].clone()  # [b, head, stop, d_head]
+            keys[:, :, position:end] = f._heads(f._linear(new, f"{prefix}.attn.k"))
+            values[:, :, position:end] = f._heads(f._linear(new, f"{prefix}.attn.v"))
+            offset = self.first_query(later)
+            queries = cached_q[:, :, start - offset : stop - offset].clone()  # [b, head, q, d_head]
+            low = max(start, position)
+            if end > low:
+                queries[:, :, low - start : end - start] = f._heads(f._linear(normed[:, low - begin : end - begin],
+                                                                             f"{prefix}.attn.q"))
+            scores = (queries @ keys.transpose(-1, -2)) / f.scale
+            pattern = scores.masked_fill(f.full_mask[start:stop, :stop], float("-inf")).softmax(dim=-1)
+            z = (pattern @ values).transpose(1, 2)  # [b, q, head, d_head]
+            if edit is not None:
+                edit(later, "z", z, start)
+            mid = inputs[:, start - begin :] + f._linear(z.flatten(2), f"{prefix}.attn.o")
+            mlp_out = self._mlp(mid, later)
+            if edit is not None:
+                edit(later, "mlp_out", mlp_out, start)
+            changed = mid + mlp_out  # [b, stop - start, d_model]
+            if edit is not None:
+                edit(later, "post", changed, start)
+            position = start
+        logits = cache.logits[:, first_row:stop_row].clone()
+        logits[:, position - f.first_answer_logit - first_row :] = self._unembed(changed)
+        return logits
+
+    def kept_logits(self, cache: Cache, source: Cache, keep_z: torch.Tensor, keep_mlp: torch.Tensor,
+                    rows: slice = slice(None)) -> torch.Tensor:
+        """Answer logits [b, rows, d_vocab] (rows An .. A0) with every head and MLP not kept overwritten from `source`.
+
+        keep_z [layer, position, head] and keep_mlp [layer, position] (bool,
+        positions < kv_len) say which heads' z and MLPs' outputs are kept. The
+        first layer with an overwritten node that can reach `rows` starts from
+        its cached z (its inputs are clean); later layers recompute from the
+        first position anything changed at, as in `ablated_logits`.
+        """
+        f = self.f
+        first_row, stop_row, _ = rows.indices(self.config.n_digits + 1)
+        stop = f.first_answer_logit + stop_row
+        ablated = [~(keep_z[layer].all(dim=-1) & keep_mlp[layer]) for layer in range(self.config.n_layers)]
+        starts = []  # per layer, the first position whose node is overwritten (stop when none)
+        for layer, where in enumerate(ablated):
+            low = f.first_answer_logit + first_row if layer == self.last else 0
+            hits = where[low:stop].nonzero()
+            starts.append(low + int(hits[0]) if len(hits) else stop)
+        first = next((layer for layer, start in enumerate(starts) if start < stop), None)
+        if first is None:
+            return cache.logits[:, first_row:stop_row]
+        position, offset = starts[first], self.first_query(first)
+        part = slice(position - offset, stop - offset)  # the cached rows of layer `first` at positions position..stop-1
+        heads = (~keep_z[first, position:stop].all(dim=-1)).nonzero().squeeze(-1)  # positions with a head overwritten
+        mid = cache.mid[first][:, part].clone()  # [b, q, d_model]
+        if len(heads):
+            z = cache.z[first][:, part][:, heads]  # [b, h, head, d_head]
+            new_z = torch.where(keep_z[first, position:stop, :, None][heads], z, source.z[first][:, part][:, heads])
+            w_o = f.params[f"blocks.{first}.attn.o.weight"]  # [d_model, head * d_head]
+            mid[:, heads] += (new_z - z).flatten(2) @ w_o.T
+        mlp_out = cache.mlp_out[first][:, part].clone()
+        # an MLP kept whose input changed; the rest keep their cached output or take the source's
+        moved = (~keep_z[first, position:stop].all(dim=-1) & keep_mlp[first, position:stop]).nonzero().squeeze(-1)
+        if len(moved):
+            mlp_out[:, moved] = self._mlp(mid[:, moved], first)
+        mlp_out = torch.where(keep_mlp[first, position:stop, None], mlp_out, source.mlp_out[first][:, part])
+        post = mid + mlp_out
+        if first == self.last:
+            logits = cache.logits[:, first_row:stop_row].clone()
+            logits[:, position - f.first_answer_logit - first_row :] = self._unembed(post)
+            return logits
+
+        # Only positions with an overwritten node changed in this layer: the next one reads the rest as cached.
+        post = post[:, : int(ablated[first][position:stop].nonzero()[-1]) + 1]
+
+        def edit(layer: int, stage: str, value: torch.Tensor, start: int) -> None:
+            # [b, q, ...] rows from `start`; overwrite the nodes not kept there with the source's value
+            q = value.shape[1]
+            rel = slice(start - self.first_query(layer), start - self.first_query(layer) + q)
+            if stage == "z":
+                value.copy_(torch.where(keep_z[layer, start : start + q, :, None], value, source.z[layer][:, rel]))
+            elif stage == "mlp_out":
+                value.copy_(torch.where(keep_mlp[layer, start : start + q, None], value, source.mlp_out[layer][:, rel]))
+
+        return self._downstream(cache, first, position, post, edit, (first_row, stop_row), starts)

@@ -62,10 +62,27 @@ Files (one row per ...; columns):
 - algorithm_map.parquet: [answer_digit, role, node, kind, position, layer, head, supported_by,
   confidence, patching_recovery, patching_net_flips, patching_net_flips_ci_low, patching_net_flips_ci_high,
   ablation_drop, pca_separation, pca_silhouette, attends_to, evidence]
+- circuit.parquet: does the map explain the model (`circuit.map_circuit`, on the first 2,000 random
+  questions, means over the ablation reference): per answer digit its map nodes kept and every other
+  node mean-ablated, plus "all" (the union map, whole answer). [answer_digit, nodes, node_count,
+  faithfulness, completeness, accuracy_kept, accuracy_ablated, cpr, cmd, redundant_nodes, accuracy_full,
+  logit_diff_full, logit_diff_empty, logit_diff_kept, logit_diff_ablated, curve_nodes, questions, reference]
+- circuit_curve.parquet: f as the nodes that can reach the digit are kept in order of single-node
+  ablation effect. [answer_digit, nodes_kept, share_kept, node_added, map_nodes_kept, faithfulness, accuracy]
+- circuit_minimality.parquet: f without each map node. [answer_digit, node, faithfulness_without, drop,
+  accuracy_without, accuracy_drop, redundant]
+- clauses.parquet: the published 1-layer algorithm (hypotheses/published_1layer.toml, or the same
+  clauses for other digit counts) tested causally on `patch_count` question pairs per clause
+  (`clauses.evaluate_clauses`). [clause, answer_digit, subtask, pair, expect, test, nodes, claim, pairs,
+  clean_correct, baseline_flips, flips, net_flips, net_flips_ci_low, net_flips_ci_high, recovery, changed,
+  changed_ci_low, changed_ci_high, margin, verdict, reason]; verdict is strong, weak or fail
 - summary.json: model config, settings, overall accuracy, per answer digit its useful nodes with
   their sub-task roles, its role -> nodes map and phase changes; the cases the model cannot do;
   "failure_patterns" (a one-sentence summary and the first rows of failure_patterns.parquet);
-  every file's columns; seconds per stage.
+  "circuit" (questions, reference and per answer digit and "all" f, completeness, CPR, CMD and the
+  redundant nodes of the map);
+  "clauses" (the hypothesis file, "X of Y clauses passed (S strong, W weak)", counts by verdict
+  and the rows of clauses.parquet); every file's columns; seconds per stage.
 
 Tables of a stage that has nothing to report (no metrics, no phase change)
 are written empty with their columns.
@@ -100,7 +117,10 @@ from arithlens.analysis.accuracy import (
 from arithlens.analysis.algorithm_map import algorithm_map, digit_roles, failed_cases
 from arithlens.analysis.attention import attention_examples, mean_attention_by_class, top_attended
 from arithlens.analysis.attribution import analysis_cache, direct_logit_attribution, head_source_attribution, logit_lens
+from arithlens.analysis.circuit import circuit_summary, map_circuit
+from arithlens.analysis.clauses import clause_summary, evaluate_clauses
 from arithlens.analysis.dynamics import bracketing_steps, compare_checkpoints, phase_changes, subtask_changes
+from arithlens.analysis.hypotheses import default_clauses
 from arithlens.analysis.nodes import Node, node_name, nodes_table, useful_nodes
 from arithlens.analysis.patching import DEFAULT_PAIRS, activation_patching, pair_kinds
 from arithlens.analysis.pca import head_output_pca
@@ -114,6 +134,7 @@ SUMMARY_FILE = "summary.json"
 MIN_COUNT = 2  # PCA needs at least two questions; checked before the work, not at the PCA stage
 FAILURE_LIMIT = 1000
 POSITION_ABLATION_COUNT = 2000
+CIRCUIT_COUNT = 2000  # each node set kept is a forward pass of its own; f settles to ~0.01 long before 10K
 MAX_COUNT = 1_000_000
 
 
@@ -306,11 +327,19 @@ def _analyze_into(run_path: Path, target: Path, *, count: int, progress: bool, f
                                                     pca=tables["pca"], attention=attention_top, threshold=threshold)
             tables["failed_cases"] = failed_cases(tables["accuracy"])
 
+        with stages.stage("circuit"):  # does the map explain the model? (circuit.py)
+            tables.update(map_circuit(model, batch.select(slice(0, min(count, CIRCUIT_COUNT))),
+                                      tables["algorithm_map"]))
+
+        with stages.stage("clauses"):
+            hypotheses = default_clauses(n)  # the published algorithm, tested by patching (clauses.py)
+            tables["clauses"] = evaluate_clauses(model, hypotheses, pairs=patch_count, seed=seed)
+
         with stages.stage("write", total=len(tables) + 1) as advance:
             summary = _summary(run, tables, nodes, stages.seconds, settings={
                 "count": count, "full_accuracy_count": full_accuracy_count, "sample_count": min(sample_count, count),
                 "set_count": set_count, "patch_count": patch_count, "checkpoint_count": checkpoint_count,
-                "threshold": threshold, "seed": seed, "dynamics": dynamics})
+                "threshold": threshold, "seed": seed, "dynamics": dynamics, "hypotheses": hypotheses.source})
             _write_folder(target, tables, summary, advance)
     return tables
 
@@ -404,6 +433,8 @@ def _summary(run: Run, tables: dict[str, pd.DataFrame], nodes: list[Node], secon
         "answer_digits": digits,
         "cannot_do": tables["failed_cases"]["description"].tolist(),
         "failure_patterns": failure_pattern_digest(tables["failure_patterns"]),
+        "circuit": circuit_summary(tables["circuit"]),
+        "clauses": clause_summary(tables["clauses"], str(settings.get("hypotheses", ""))),
         "files": {f"{name}.parquet": list(map(str, frame.columns)) for name, frame in tables.items()},
         "seconds": seconds,
     })

@@ -18,6 +18,7 @@ from arithlens.plots.analysis import (
     position_ablation_heatmap,
     useful_nodes_map,
 )
+from arithlens.plots.circuit import circuit_diagram, faithfulness_curve
 from arithlens.plots.training import (
     add_phase_bands,
     base_add_only_curve,
@@ -34,8 +35,10 @@ __all__ = [
     "add_phase_bands",
     "attention_heatmaps",
     "base_add_only_curve",
+    "circuit_diagram",
     "digit_comparison_curves",
     "dla_heatmap",
+    "faithfulness_curve",
     "head_source_heatmaps",
     "logit_lens_figure",
     "loss_curves",
