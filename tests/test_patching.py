@@ -10,7 +10,7 @@ from arithlens import AdditionTask, ArithlensError, ModelConfig, build_model
 from arithlens.analysis.patching import (
     DEFAULT_PAIRS,
     PAIR_KINDS,
-    _metrics,
+    pair_metrics,
     activation_patching,
     make_patch_pairs,
     pair_kinds,
@@ -86,7 +86,7 @@ def test_patching_a_node_with_its_own_activation_is_a_no_op(n_layers):
     pairs = make_patch_pairs(AdditionTask(3), "MakeCarry1", 2, count=24)
     tokens = pairs.corrupted.tokens
     target = AdditionTask(3).logit_position_for_answer_digit(2)
-    metrics = _metrics(target, pairs.clean.tokens[:, 9], pairs.corrupted.tokens[:, 9])
+    metrics = pair_metrics(target, pairs.clean.tokens[:, 9], pairs.corrupted.tokens[:, 9])
     with torch.no_grad():
         logits, own_cache = model.run_with_cache(tokens)
     unpatched = torch.stack([metric(logits) for metric in metrics.values()])  # [metric, batch]
@@ -102,7 +102,7 @@ def test_restricted_sweep_matches_the_full_transformer_lens_sweep():
     task = AdditionTask(3)
     pairs = make_patch_pairs(task, "BaseAdd", 1, count=16)
     target = task.logit_position_for_answer_digit(1)
-    metrics = _metrics(target, pairs.clean.tokens[:, 10], pairs.corrupted.tokens[:, 10])
+    metrics = pair_metrics(target, pairs.clean.tokens[:, 10], pairs.corrupted.tokens[:, 10])
     with torch.no_grad():
         _, clean_cache = model.run_with_cache(pairs.clean.tokens)
         baseline = metrics["logit_diff"](model(pairs.corrupted.tokens)).mean()

@@ -157,7 +157,7 @@ def _resample_rows(reference_size: int, count: int, seed: int) -> torch.Tensor:
 
 
 # ----- general engine: the bridge with overwriting hooks ------------------------------------------
-def _site_index(model: TransformerBridge, batch: AdditionBatch, sites: list[Site]) -> list[tuple]:
+def site_index(model: TransformerBridge, batch: AdditionBatch, sites: list[Site]) -> list[tuple]:
     """The activation index each site overwrites, after checking the hook, head and position exist."""
     for name, _, _ in sites:
         if name not in model.hook_dict:
@@ -210,7 +210,7 @@ def _overwriter(writes: list[tuple[tuple, torch.Tensor | float]]) -> Callable:
     return overwrite
 
 
-def _reference_values(model: TransformerBridge, reference: AdditionBatch, sites: list[Site], indexes: list[tuple],
+def reference_values(model: TransformerBridge, reference: AdditionBatch, sites: list[Site], indexes: list[tuple],
                       method: str, rows: torch.Tensor | None, chunk_size: int) -> list[torch.Tensor | float]:
     """What each site is overwritten with: its mean over `reference`, the values of the
     reference questions at `rows` (resample, [batch, ...]) or 0.0 (zero)."""
@@ -230,7 +230,7 @@ def _reference_values(model: TransformerBridge, reference: AdditionBatch, sites:
     return [torch.cat(values) for values in collected]
 
 
-def _hooked_answer_logits(model: TransformerBridge, batch: AdditionBatch, sites: list[Site], indexes: list[tuple],
+def hooked_answer_logits(model: TransformerBridge, batch: AdditionBatch, sites: list[Site], indexes: list[tuple],
                           values: list[torch.Tensor | float], per_question: bool, chunk_size: int) -> torch.Tensor:
     """Bridge logits [batch, n+1, d_vocab] at the answer positions, every site overwritten with its value."""
     n = batch.n_digits
@@ -267,15 +267,15 @@ def ablate(model: TransformerBridge, batch: AdditionBatch, hook_name: str, *, me
     _check_method(method)
     reference, description = resolve_reference(model, batch, reference, method)
     sites = [(hook_name, head, position)]
-    indexes = _site_index(model, batch, sites)
+    indexes = site_index(model, batch, sites)
     rows = _resample_rows(len(reference), len(batch), seed) if method == "resample" else None
-    values = _reference_values(model, reference, sites, indexes, method, rows, chunk_size)
+    values = reference_values(model, reference, sites, indexes, method, rows, chunk_size)
     answers = batch.tokens[:, 2 * batch.n_digits + 2 :].cpu()
     tally = _Tally(batch.n_digits, 1)
-    base_loss, base_predicted = score_logits(_hooked_answer_logits(model, batch, [], [], [], False, chunk_size), answers)
+    base_loss, base_predicted = score_logits(hooked_answer_logits(model, batch, [], [], [], False, chunk_size), answers)
     tally.add_baseline(batch, base_loss, base_predicted == answers)
     loss, predicted = score_logits(
-        _hooked_answer_logits(model, batch, sites, indexes, values, rows is not None, chunk_size), answers)
+        hooked_answer_logits(model, batch, sites, indexes, values, rows is not None, chunk_size), answers)
     tally.add(0, tally.sums(loss, predicted == answers))
     return _recorded(tally.frame().drop(columns="ablation"), method, description)
 
@@ -322,18 +322,18 @@ def _brute_tally(model: TransformerBridge, batch: AdditionBatch, reference: Addi
     n_layers = model_config_of(model).n_layers
     answers = batch.tokens[:, 2 * batch.n_digits + 2 :]
     tally = _Tally(batch.n_digits, len(targets))
-    base_loss, base_predicted = score_logits(_hooked_answer_logits(model, batch, [], [], [], False, chunk_size), answers)
+    base_loss, base_predicted = score_logits(hooked_answer_logits(model, batch, [], [], [], False, chunk_size), answers)
     tally.add_baseline(batch, base_loss, base_predicted == answers)
     sites = [site for target in targets for site in target.sites(n_layers)]
-    indexes = _site_index(model, batch, sites)
+    indexes = site_index(model, batch, sites)
     rows = _resample_rows(len(reference), len(batch), seed) if method == "resample" else None
-    values = _reference_values(model, reference, sites, indexes, method, rows, chunk_size)
+    values = reference_values(model, reference, sites, indexes, method, rows, chunk_size)
     start = 0
     with progress_bar(len(targets), label, progress) as advance:
         for number, target in enumerate(targets):
             part = slice(start, start + len(target.sites(n_layers)))
             start = part.stop
-            logits = _hooked_answer_logits(model, batch, sites[part], indexes[part], values[part], rows is not None,
+            logits = hooked_answer_logits(model, batch, sites[part], indexes[part], values[part], rows is not None,
                                            chunk_size)
             loss, predicted = score_logits(logits, answers)
             tally.add(number, tally.sums(loss, predicted == answers))

@@ -70,7 +70,7 @@ import pandas as pd
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from arithlens.analysis.ablation import _hooked_answer_logits, _reference_values, _site_index
+from arithlens.analysis.ablation import hooked_answer_logits, reference_values, site_index
 from arithlens.analysis.ablation_engine import Engine, Target, chunks
 from arithlens.analysis.accuracy import check_batch, check_chunk_size
 from arithlens.analysis.naming import node_name, parse_node_name
@@ -268,7 +268,7 @@ class _Evaluator:
         sums = []
         for job, span in zip(jobs, spans):
             ablated = sorted(self.space.every - job.keep)
-            logits = _hooked_answer_logits(self.model, self.batch, [sites[i] for i in ablated],
+            logits = hooked_answer_logits(self.model, self.batch, [sites[i] for i in ablated],
                                            [indexes[i] for i in ablated], [values[i] for i in ablated],
                                            False, self.chunk_size)
             sums.append(_sums(logits, answers, span))
@@ -327,8 +327,8 @@ class _Evaluator:
             n_layers = self.space.config.n_layers
             sites = [Target("z" if head is not None else "mlp_out", layer, position, head).sites(n_layers)[0]
                      for position, layer, head in self.space.nodes]
-            indexes = _site_index(self.model, self.batch, sites)
-            values = _reference_values(self.model, self.reference, sites, indexes, "mean", None, self.chunk_size)
+            indexes = site_index(self.model, self.batch, sites)
+            values = reference_values(self.model, self.reference, sites, indexes, "mean", None, self.chunk_size)
             self._brute = sites, indexes, values
         return self._brute
 

@@ -45,7 +45,7 @@ from arithlens.analysis.hypotheses import Clause, ClauseError, Hypotheses, Resol
 from arithlens.analysis.naming import node_name
 from arithlens.analysis.patching import (
     DEFAULT_PAIRS,
-    _metrics,  # the same logit difference patching.parquet reports, so the two tables agree
+    pair_metrics,  # the same logit difference patching.parquet reports, so the two tables agree
     make_patch_pairs,
     paired_difference_interval,
     wilson_interval,
@@ -183,7 +183,7 @@ def _row(clause: ResolvedClause, run: _PairRun, patched: torch.Tensor | None, no
     low, high = wilson_interval(changed.sum(), pairs)
     row.update(changed=float(changed.float().mean()), changed_ci_low=float(low), changed_ci_high=float(high))
     if clause.test == "patch":
-        metric = _metrics(target, clean_digit.to(patched.device), corrupt_digit.to(patched.device))["logit_diff"]
+        metric = pair_metrics(target, clean_digit.to(patched.device), corrupt_digit.to(patched.device))["logit_diff"]
         clean_ld, corrupt_ld = (float(metric(run.clean_logits).mean()), float(metric(run.corrupted_logits).mean()))
         span = clean_ld - corrupt_ld
         flips, baseline = moved == clean_digit, predicted["corrupted"] == clean_digit

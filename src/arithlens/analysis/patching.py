@@ -207,7 +207,7 @@ def _index_df(n_layers: int, target: int, per_head: int | None, first: int = 0,
     return pd.DataFrame(rows, columns=["layer", "pos", "head"] if per_head else ["layer", "pos"])
 
 
-def _metrics(target: int, clean_digit: torch.Tensor, corrupt_digit: torch.Tensor
+def pair_metrics(target: int, clean_digit: torch.Tensor, corrupt_digit: torch.Tensor
              ) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """Per-pair metrics on logits [batch, pos, vocab]."""
     def logit_diff(logits: torch.Tensor) -> torch.Tensor:
@@ -267,7 +267,7 @@ def patch_answer_digit(model: TransformerBridge, pair_sets: list[PatchPairs], *,
     target = task.logit_position_for_answer_digit(digit)
     device = model.W_U.device
     column = 2 * n + 2 + (n - digit)
-    metrics = _metrics(target, clean.tokens[:, column].to(device), corrupted.tokens[:, column].to(device))
+    metrics = pair_metrics(target, clean.tokens[:, column].to(device), corrupted.tokens[:, column].to(device))
     # The model is causal, so positions after the target cannot change its logits: leave them out (saves a fifth).
     with torch.inference_mode():
         clean_logits, clean_cache = model.run_with_cache(
