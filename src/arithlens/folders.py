@@ -102,6 +102,13 @@ def check_writable(path: Path) -> None:
 
 # What arithlens writes into a run folder; anything else is the user's and blocks --force.
 _HIDDEN_OK = (LOCK_FILE, SET_ASIDE_DIR)
+ANALYSIS_SUFFIXES = (".parquet", ".json")  # an analysis folder holds its tables and summary.json, nothing else
+
+
+def is_analysis_folder(path: Path) -> bool:
+    """Whether `path` holds only what `analyze` writes (hidden staging and temporary files aside)."""
+    return path.is_dir() and all(entry.is_file() and entry.suffix in ANALYSIS_SUFFIXES
+                                 for entry in path.iterdir() if not entry.name.startswith("."))
 
 
 def existing_artefacts(path: Path) -> list[str]:
@@ -120,7 +127,7 @@ def foreign_files(path: Path) -> list[str]:
             continue
         if top == CHECKPOINT_DIR and len(relative.parts) == 2 and entry.suffix == ".safetensors":
             continue
-        if top == ANALYSIS_DIR and len(relative.parts) == 2 and entry.suffix in (".parquet", ".json"):
+        if top == ANALYSIS_DIR and len(relative.parts) == 2 and entry.suffix in ANALYSIS_SUFFIXES:
             continue
         foreign.append(str(relative))
     return foreign

@@ -126,7 +126,14 @@ from arithlens.analysis.patching import DEFAULT_PAIRS, activation_patching, pair
 from arithlens.analysis.pca import head_output_pca
 from arithlens.analysis.question_sets import make_question_set, question_set_names
 from arithlens.errors import ArithlensError, RunFolderError
-from arithlens.folders import check_writable, recover_folder, replace_folder, run_folder_lock, staging_folder
+from arithlens.folders import (
+    check_writable,
+    is_analysis_folder,
+    recover_folder,
+    replace_folder,
+    run_folder_lock,
+    staging_folder,
+)
 from arithlens.runs import ANALYSIS_DIR, Run, is_bundled, load_run, resolve_run_path, write_json
 from arithlens.task import AdditionTask
 
@@ -200,17 +207,12 @@ def analysis_folder(run_path: Path, out: str | Path | None = None) -> Path:
                 f"the CLI's default is ./{run_path.name}-analysis)")
         return run_path / ANALYSIS_DIR
     target = Path(out)
-    if target.exists() and not _is_analysis_folder(target):
+    if target.exists() and not is_analysis_folder(target):
         raise RunFolderError(f"{target} exists and is not an arithlens analysis folder; "
                              f"choose another output folder (it would be replaced)")
     if not target.parent.is_dir():
         raise RunFolderError(f"cannot write the analysis into {target}: folder {target.parent} does not exist")
     return target
-
-
-def _is_analysis_folder(path: Path) -> bool:
-    return path.is_dir() and all(entry.is_file() and entry.suffix in (".parquet", ".json")
-                                 for entry in path.iterdir() if not entry.name.startswith("."))
 
 
 def analyze_run(run_dir: str | Path, *, out: str | Path | None = None, count: int = 10_000, progress: bool = True,
