@@ -63,12 +63,14 @@ import torch
 from IPython.display import HTML, display
 
 import arithlens
-from arithlens import AdditionBatch, AdditionTask, ModelConfig, RunConfig, TrainConfig
+from arithlens import AdditionBatch, AdditionTask, ModelConfig, RunConfig, SubtractionTask, TrainConfig
 from arithlens.analysis import (ablate, accuracy_table, activation_patching, algorithm_map, attention_examples,
                                 circuitsvis_html, digit_roles, direct_logit_attribution, evaluate, failed_cases,
                                 failure_table, head_output_pca, head_source_attribution, logit_lens,
                                 make_question_set, mean_attention_by_class, node_ablation, nodes_table,
-                                phase_changes, position_ablation, random_accuracy, top_attended, useful_nodes)
+                                phase_changes, position_ablation, question_set_names, random_accuracy,
+                                top_attended, useful_nodes)
+from arithlens.datasets import batch_records
 from arithlens.inference import predict
 from arithlens.model import predicted_digits
 from arithlens.plots import analysis as analysis_plots
@@ -119,6 +121,7 @@ DEVICE = "cpu"           # or "cuda"
 QUESTIONS = 2000         # questions per analysis question set
 EVAL_QUESTIONS = 100_000 # random questions for the accuracy table
 PATCH_PAIRS = 64         # question pairs per activation-patching experiment
+SUB_STEPS = 3000         # steps to train a subtraction model when the bundled sub_d5_l2 is not used
 
 # %% [markdown]
 # ## 3. Train the model, or load a trained one
@@ -627,11 +630,67 @@ for label, rows in side_by_side.groupby("model", sort=False):
     print(f"{label}: {shown}.")
 
 # %% [markdown]
+# ## 12. Subtraction: the same toolkit on the next operation
+#
+# The published follow-up work went on to subtraction. `--op sub` (or `ModelConfig(op="sub")`) trains on
+# `12345-67890=-055545`: after `=` a sign token (`+` for answers of 0 or more, `-` below 0), then the n+1
+# digits of |x - y|. The sub-tasks are computed on the larger operand a minus the smaller b: MakeBorrow
+# (MB, a_d < b_d), MakeZero (MZ, a_d == b_d, which passes a borrow on, as a sum of 9 passes a carry),
+# UseBorrow and the borrow cascade depth. Every analysis above takes a subtraction model and names its
+# tables so. Here is one: the bundled 2-layer `sub_d5_l2` when it fits these settings, or a model
+# trained here.
+
+# %%
+sub_task = SubtractionTask(n)
+sub_bundled = f"sub_d{n}_l2"
+if USE_BUNDLED and MODEL is None and sub_bundled in bundled_model_names():
+    sub_run = load_run(sub_bundled)
+    print(f"Loaded the bundled model {sub_bundled}.")
+else:
+    sub_config = RunConfig(
+        model=ModelConfig(n_digits=n, n_layers=2, d_model=D_MODEL, n_heads=N_HEADS, d_mlp=D_MLP, op="sub",
+                          normalization="LN", seed=SEED),
+        train=TrainConfig.from_recipe("fast", steps=SUB_STEPS, seed=SEED, device=DEVICE, enrich_fraction=0.6,
+                                      checkpoint_every=max(SUB_STEPS // 4, 1)),
+    )
+    sub_dir = Path(tempfile.mkdtemp(prefix="arithlens_sub_")) / "run"
+    started = time.perf_counter()
+    sub_run = arithlens.train(sub_config, sub_dir, progress=False)
+    print(f"Trained a subtraction model for {SUB_STEPS} steps in {time.perf_counter() - started:.0f} s.")
+sub_model = sub_run.model(DEVICE)
+print(predict(sub_model, sub_task.questions(make_question_set(sub_task, "published_hard", 4).batch)))
+display(pd.DataFrame(batch_records(sub_task, make_question_set(sub_task, "negative", 3, seed=2).batch)))
+
+# %% tags=["figure"]
+depth_names = [name for name in question_set_names(sub_task) if name.startswith("borrow_cascade_depth_")]
+sub_sets = ["positive", "negative", "zero", *depth_names]
+sub_accuracy = pd.DataFrame([{"question set": name,
+                              "accuracy": evaluate(sub_model, make_question_set(sub_task, name, QUESTIONS).batch).accuracy}
+                             for name in sub_sets])
+px.bar(sub_accuracy, x="question set", y="accuracy", range_y=[0, 1.05],
+       title="Subtraction accuracy by sign of the answer and by borrow cascade depth")
+
+# %% tags=["figure"]
+sub_batch = make_question_set(sub_task, "random", QUESTIONS, seed=0).batch
+sub_nodes = node_ablation(sub_model, sub_batch)
+analysis_plots.node_effect_heatmaps(sub_nodes, sub_task, value="accuracy_delta")
+
+# %% tags=["interpretation"]
+sub_useful = useful_nodes(sub_model, sub_batch, ablation=sub_nodes)
+worst = sub_accuracy.sort_values("accuracy").iloc[0]
+print(f"The subtraction model is weakest on the {worst['question set']} set ({pct(worst['accuracy'])}); "
+      f"{len(sub_useful)} nodes are useful, and the classes its ablation table names are "
+      f"{', '.join(sorted(set(sub_nodes['subtask_class'])))} (BD: no borrow in; UB: a borrow in; UZ: a borrow "
+      f"into an equal pair, which passes it on).")
+
+# %% [markdown]
 # ## Where next
 #
 # * `arithlens run` does all of this from the command line and writes an offline `report.html`;
 #   from Python, `arithlens.analysis.analyze_run(run.path)` writes every table above into the run
 #   folder and `arithlens.report.build_report(run.path)` the page.
+# * `arithlens run --op sub` and `--op mixed` run the whole job on subtraction, or on both operations in
+#   one model (`--init-from add_d5_l2` starts it from the addition model, as the published mixed model did).
 # * `notebooks/your_own_experiment.ipynb` is a short notebook for your own ablations and patches by hook name.
 # * Set `N_LAYERS = 2` to retell the story with the bundled 2-layer model `add_d5_l2`, which gets
 #   cascades right (the published 2-layer model answered a million questions with no error), or set

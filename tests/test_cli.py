@@ -107,8 +107,9 @@ def test_data_writes_labelled_jsonl(tmp_path: Path) -> None:
         assert int(x) + int(y) == int(record["answer"])
         assert record["base_add"][0] == int(x[-1]) + int(y[-1])  # units first
         assert record["category"] in {"BaseAdd", "UseCarry1", "UseSum9"}
-        assert set(record) == {"question", "answer", "base_add", "make_carry1", "make_sum9", "use_carry1",
+        assert set(record) == {"question", "answer", "op", "base_add", "make_carry1", "make_sum9", "use_carry1",
                                "use_sum9", "category", "cascade_depth"}
+        assert record["op"] == "add"
     again = arithlens("data", "--digits", "3", "--count", "50", "--seed", "4")
     assert again.stdout == done.stdout
     assert_user_error(arithlens("data", "--format", "xml"), "jsonl")

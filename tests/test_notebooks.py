@@ -47,7 +47,7 @@ PAIRING = "ipynb,py:percent"
 TINY_MODEL = {"N_DIGITS": 3, "D_MODEL": 64, "N_HEADS": 4, "D_MLP": 256, "LR": 1e-3, "USE_BUNDLED": False}
 OVERRIDES: dict[str, dict[str, Any]] = {
     "addition_walkthrough.ipynb": {
-        **TINY_MODEL, "STEPS": 300, "QUESTIONS": 256, "EVAL_QUESTIONS": 2000, "PATCH_PAIRS": 16,
+        **TINY_MODEL, "STEPS": 300, "QUESTIONS": 256, "EVAL_QUESTIONS": 2000, "PATCH_PAIRS": 16, "SUB_STEPS": 100,
     },
     "your_own_experiment.ipynb": {
         # HEAD stays at its default, "auto": the notebook picks the head that matters most.

@@ -97,18 +97,25 @@ def test_bundled_model_loads_by_name_on_every_command() -> None:
 
     listed = arithlens("models")
     assert listed.returncode == 0
+    # Each operation's own questions: a plain one and a deep cascade (carry, or borrow through zeros).
+    questions = {"add": ("12345+67890=", "44445+55555="), "sub": ("12345-67890=", "10000-00001="),
+                 "mixed": ("12345+67890=", "10000-00001=")}
+    expected = {"add": "12345+67890=080235", "sub": "12345-67890=-055545", "mixed": "12345+67890=+080235"}
     for name in bundled_model_names():
         assert name in listed.stdout
-        answered = arithlens("predict", "--model", name, "12345+67890=", "44445+55555=")
+        op = load_run(name).config.model.op
+        answered = arithlens("predict", "--model", name, *questions[op])
         assert answered.returncode == 0, answered.stderr
         plain, cascade = answered.stdout.split()
-        assert plain == "12345+67890=080235", name
+        assert plain == expected[op], name
         if name == "add_d5_l2":  # the depth-4 cascade the 1-layer model gets wrong (it answers 099000)
             assert cascade == "44445+55555=100000"
+        if op != "add":  # the published hard subtraction: a borrow through every zero
+            assert cascade == "10000-00001=+009999", name
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["add_d5_l1", "add_d5_l2"])
+@pytest.mark.parametrize("name", ["add_d5_l1", "add_d5_l2", "sub_d5_l2", "mix_d5_l3"])
 def test_report_of_a_bundled_model_is_written_where_the_user_is(name: str, tmp_path) -> None:
     from test_cli import arithlens
 

@@ -2,6 +2,7 @@
 
 The public API:
     AdditionTask, AdditionBatch, SubTask, QuestionCategory   -- the task and its labels
+    SubtractionTask, MixedTask, ArithmeticBatch, task_for    -- subtraction and mixed models (--op sub|mixed)
     ModelConfig, TrainConfig, RunConfig                      -- frozen, validated configs
     build_model, load_model, load_run                        -- TransformerLens TransformerBridge models, run folders
     train, resume                                            -- training into a run folder
@@ -20,7 +21,17 @@ __version__ = "0.1.0"
 
 from arithlens.config import ModelConfig, RunConfig, TrainConfig
 from arithlens.errors import ArithlensError
-from arithlens.task import AdditionBatch, AdditionTask, QuestionCategory, SubTask
+from arithlens.task import (
+    AdditionBatch,
+    AdditionTask,
+    ArithmeticBatch,
+    ArithmeticTask,
+    MixedTask,
+    QuestionCategory,
+    SubTask,
+    SubtractionTask,
+    task_for,
+)
 
 _LAZY = {
     "build_model": "arithlens.model",
@@ -40,6 +51,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ArithmeticBatch",
+    "ArithmeticTask",
+    "MixedTask",
+    "SubtractionTask",
+    "task_for",
     "AdditionBatch",
     "AdditionTask",
     "ArithlensError",

@@ -52,6 +52,8 @@ Enrich = Annotated[Optional[float], typer.Option(
     "--enrich", help="Share of questions with Sum9-enriched digit pairs (0 = uniform).")]
 Out = Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/run-<time>).")]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
+OpOpt = Annotated[str, typer.Option(
+    "--op", help="Operation: add, sub (signed answers: 12345-67890=-055545) or mixed (both).")]
 ModelOpt = Annotated[str, typer.Option("--model", help="A run folder or a bundled model name (see `arithlens models`).")]
 
 
@@ -62,6 +64,7 @@ def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
 # The options `train` and `run` share, declared once. A default of None means "not given":
 # the recipe's value (or the seed's) is used, and an explicit flag overrides the recipe.
 TRAINING_OPTIONS: tuple[inspect.Parameter, ...] = (
+    _option("op", OpOpt, "add"),
     _option("digits", Digits, 5),
     _option("layers", Annotated[int, typer.Option("--layers", help="Transformer layers.")], 1),
     _option("heads", Annotated[int, typer.Option("--heads", help="Attention heads per layer.")], 4),
@@ -103,6 +106,9 @@ TRAINING_OPTIONS: tuple[inspect.Parameter, ...] = (
     _option("until_accuracy", Annotated[Optional[float], typer.Option(
         "--until-accuracy", help="Stop at the first held-out evaluation with at least this accuracy (0-1].")], None),
     _option("device", Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")], "cpu"),
+    _option("init_from", Annotated[Optional[str], typer.Option(
+        "--init-from", help="Start from a trained model's weights (a run folder or bundled model, e.g. add_d5_l2): "
+        "copied into the first heads, neurons and layers of the new model.")], None),
     _option("out", Out, None),
     _option("force", Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")], False),
     _option("resume", Annotated[Optional[Path], typer.Option(
@@ -193,14 +199,14 @@ def run_config_from_flags(options: dict[str, Any]) -> RunConfig:
         weight_decay=options["weight_decay"], betas=_betas(options["betas"]), seed=options["seed"],
         finite=options["finite"], enrich_fraction=options["enrich"], checkpoint_every=options["checkpoint_every"],
         device=options["device"], eval_every=options["eval_every"], eval_count=options["eval_count"],
-        until_accuracy=options["until_accuracy"], **_warmup(options["warmup_steps"]),
+        until_accuracy=options["until_accuracy"], init_from=options["init_from"], **_warmup(options["warmup_steps"]),
     )
     if grad_clip is not None:  # 0 turns a recipe's clipping off
         train = replace(train, grad_clip=grad_clip or None)
     return RunConfig(
         model=ModelConfig(n_digits=options["digits"], n_layers=options["layers"], n_heads=options["heads"],
                           d_model=options["d_model"], d_mlp=options["d_mlp"], normalization=options["norm"],
-                          act_fn=options["act"], seed=options["seed"]),
+                          act_fn=options["act"], seed=options["seed"], op=options["op"]),
         train=train,
     )
 
@@ -244,7 +250,7 @@ _RESUME_FIELDS = {
     "weight_decay": ("train", "weight_decay"), "finite": ("train", "finite"), "enrich": ("train", "enrich_fraction"),
     "checkpoint_every": ("train", "checkpoint_every"), "eval_every": ("train", "eval_every"),
     "eval_count": ("train", "eval_count"), "until_accuracy": ("train", "until_accuracy"),
-    "device": ("train", "device"),
+    "device": ("train", "device"), "op": ("model", "op"), "init_from": ("train", "init_from"),
 }
 
 
@@ -326,11 +332,17 @@ def run(
 
 
 def _analyze(path: Path, count: int, progress: bool, out: Path | None = None) -> dict:
+    """The analysis's summary.json; a mixed model's gets each operation's own under "operation_summaries"."""
     from arithlens.analysis.runner import SUMMARY_FILE, analysis_folder, analyze_run
 
     analyze_run(path, out=out, count=count, progress=progress)
-    summary_path = analysis_folder(path, out) / SUMMARY_FILE
-    return json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    folder = analysis_folder(path, out)
+    summary_path = folder / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if isinstance(summary.get("operations"), dict):
+        summary["operation_summaries"] = {key: json.loads((folder / key / SUMMARY_FILE).read_text())
+                                          for key in summary["operations"]}
+    return summary
 
 
 def _report(path: Path, out: Path | None = None, analysis: Path | None = None) -> Path:
@@ -340,7 +352,17 @@ def _report(path: Path, out: Path | None = None, analysis: Path | None = None) -
 
 
 def _print_analysis_summary(summary: dict) -> None:
-    """One screen: accuracy, accuracy by cascade depth, each answer digit's useful nodes, what fails."""
+    """One screen: accuracy, accuracy by cascade depth, each answer digit's useful nodes, what fails;
+    for a mixed model, one such block per operation and the nodes the operations share."""
+    if isinstance(summary.get("operation_summaries"), dict):
+        for key, part in summary["operation_summaries"].items():
+            console.print(f"[bold]{ {'add': 'addition', 'sub': 'subtraction'}.get(key, key)} questions[/bold]")
+            _print_analysis_summary(part)
+        shared = summary.get("shared_nodes") or {}
+        console.print(f"[bold]useful nodes[/bold] {len(shared.get('both', []))} serve both operations, "
+                      f"{len(shared.get('only_add', []))} only addition, {len(shared.get('only_sub', []))} only "
+                      f"subtraction")
+        return
     accuracy = summary.get("accuracy") or {}
     if accuracy:
         console.print(f"[bold]accuracy[/bold] {100 * accuracy['accuracy']:.3f}% of {accuracy['questions']:,} random "
@@ -357,7 +379,9 @@ def _print_analysis_summary(summary: dict) -> None:
     if cannot:
         console.print("[bold]cannot do[/bold] " + "; ".join(cannot[:3]))
     clauses = summary.get("clauses") or {}
-    if clauses.get("text"):
+    if str(clauses.get("file", "")).startswith("none:"):
+        console.print(f"[bold]published algorithm[/bold] not tested: {clauses['file'][len('none: '):]}")
+    elif clauses.get("text"):
         failed = ", ".join(clauses.get("failed", [])[:6])
         console.print(f"[bold]published algorithm[/bold] {clauses['text']}" + (f"; failed: {failed}" if failed else ""))
     whole = ((summary.get("circuit") or {}).get("answer_digits") or {}).get("all")
@@ -467,13 +491,13 @@ def circuit(
     from arithlens.analysis.question_sets import make_question_set
     from arithlens.model import model_config_of
     from arithlens.runs import load_model
-    from arithlens.task import AdditionTask
+    from arithlens.task import task_for
 
     if count < 1:
         raise ArithlensError(f"--count must be at least 1, got {count}")
     loaded = load_model(run_dir)
     names = check_circuit_nodes(loaded, ",".join(nodes))  # a bad or missing node fails before the work
-    batch = make_question_set(AdditionTask(model_config_of(loaded).n_digits), "random", count, seed).batch
+    batch = make_question_set(task_for(model_config_of(loaded)), "random", count, seed).batch
     frame = score_circuit(loaded, batch, names)
     if as_json:
         records = frame.drop(columns=["nodes", "reference"]).to_dict("records")
@@ -500,6 +524,7 @@ def circuit(
 
 @app.command()
 def data(
+    op: OpOpt = "add",
     digits: Digits = 5,
     count: Annotated[int, typer.Option("--count", help="Number of questions.")] = 10,
     seed: Seed = 0,
@@ -507,11 +532,12 @@ def data(
     enrich: Enrich = 0.0,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
 ) -> None:
-    """Write labelled questions, one JSON object per line (per-digit lists are units-first)."""
+    """Write labelled questions, one JSON object per line (per-digit lists are units-first; subtraction's
+    labels are on the larger operand minus the smaller)."""
     import torch
 
     from arithlens.datasets import jsonl_chunks
-    from arithlens.task import AdditionTask
+    from arithlens.task import make_task
 
     from arithlens.config import check_seed, question_bytes, require_memory
 
@@ -520,7 +546,9 @@ def data(
     if count < 1:
         raise ArithlensError(f"--count must be at least 1, got {count}")
     check_seed(seed, "--seed")
-    task = AdditionTask(digits)
+    if enrich is not None and not 0.0 <= enrich <= 1.0:
+        raise ArithlensError(f"--enrich must be a share from 0 to 1, got {enrich}")
+    task = make_task(op, digits)
     require_memory({"the questions (--count)": count * question_bytes(digits)})
     if output is not None:
         _check_output_file(output)
@@ -593,7 +621,8 @@ def evaluate(
     count: Annotated[int, typer.Option("--count", help="Questions to test.")] = 100_000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test questions.")] = 12345,
     question_set: Annotated[str, typer.Option(
-        "--set", help="Question set: random, or a built set such as cascade_depth_3, use_sum9, published_hard.",
+        "--set", help="Question set: random, or a built set such as cascade_depth_3, use_sum9, published_hard "
+        "(subtraction: borrow_cascade_depth_2, negative, ...; a mixed model's are add:NAME and sub:NAME).",
     )] = "random",
     every: Annotated[bool, typer.Option(
         "--all", help="Check every question (all 10^(2n) pairs x, y: a proof, not a sample); at most 3 digits.",
@@ -621,7 +650,7 @@ def evaluate(
     from arithlens.analysis.question_sets import make_question_set
     from arithlens.model import model_config_of
     from arithlens.runs import load_model
-    from arithlens.task import AdditionTask
+    from arithlens.task import task_for
 
     from arithlens.config import check_seed, question_bytes, require_memory
 
@@ -646,7 +675,7 @@ def evaluate(
     elif question_set == "random":
         result = random_accuracy(loaded, count, seed=seed, progress=not no_progress)
     else:
-        questions = make_question_set(AdditionTask(n_digits), question_set, count, seed)
+        questions = make_question_set(task_for(model_config_of(loaded)), question_set, count, seed)
         result = evaluate_batch(loaded, questions.batch, progress=not no_progress)
     seconds = time.perf_counter() - started
     rows = accuracy_table(result)

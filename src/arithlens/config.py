@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from arithlens.errors import ConfigError
-from arithlens.task import D_VOCAB, MAX_DIGITS
+from arithlens.task import MAX_DIGITS, OPS, make_task
 
 DEFAULT_SEED = 129000
 # torch seeds are 64-bit; every seed arithlens takes is 0 .. MAX_SEED (the trainer also draws from seed + 1).
@@ -97,8 +97,11 @@ class ModelConfig:
     normalization: str | None = None
     seed: int = DEFAULT_SEED
     init: str = "seed"
+    op: str = "add"  # "add", "sub" or "mixed": the task (arithlens.task) and so the vocabulary and n_ctx
 
     def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ConfigError(f"unknown operation {self.op!r}: use --op add, sub or mixed")
         _require_int("n_digits", self.n_digits, 1, " (use --digits 1 or more)")
         if self.n_digits > MAX_DIGITS:
             raise ConfigError(f"n_digits must be at most {MAX_DIGITS}, got {self.n_digits}")
@@ -129,17 +132,17 @@ class ModelConfig:
 
     @property
     def n_ctx(self) -> int:
-        return 3 * self.n_digits + 3
+        return make_task(self.op, self.n_digits).seq_len
 
     def parameter_count(self) -> int:
         """The number of weights (within a few LayerNorm scales): embeddings, attention, MLP, unembedding."""
         d, attn = self.d_model, self.n_heads * (self.d_head or 0)
         per_layer = 4 * d * attn + 3 * attn + 2 * d * self.d_mlp + self.d_mlp + 2 * d + 4 * d
-        return (2 * D_VOCAB + self.n_ctx) * d + D_VOCAB + self.n_layers * per_layer + 2 * d
+        return (2 * self.d_vocab + self.n_ctx) * d + self.d_vocab + self.n_layers * per_layer + 2 * d
 
     @property
     def d_vocab(self) -> int:
-        return D_VOCAB
+        return make_task(self.op, self.n_digits).d_vocab
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,8 +177,11 @@ class TrainConfig:
     eval_count: int = 10_000
     eval_seed: int = HELD_OUT_SEED
     until_accuracy: float | None = None
+    init_from: str | None = None  # a run folder or bundled model whose weights start this run (arithlens.init_from)
 
     def __post_init__(self) -> None:
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
+            raise ConfigError(f"init_from must name a run folder or bundled model, got {self.init_from!r}")
         _require_int("steps", self.steps, 1, " (use --steps 1 or more)", MAX_STEPS, "--steps")
         _require_int("batch_size", self.batch_size, 1, " (use --batch-size 1 or more)", MAX_QUESTIONS,
                      "--batch-size")
@@ -362,7 +368,7 @@ def activation_bytes(config: ModelConfig) -> int:
     """Rough memory one question's forward and backward pass keeps, over all layers."""
     n_ctx, d, attn = config.n_ctx, config.d_model, config.n_heads * (config.d_head or 0)
     per_layer = n_ctx * (6 * d + 4 * attn + 3 * config.d_mlp) + 3 * config.n_heads * n_ctx * n_ctx
-    return 2 * 4 * (config.n_layers * per_layer + 3 * n_ctx * D_VOCAB)
+    return 2 * 4 * (config.n_layers * per_layer + 3 * n_ctx * config.d_vocab)
 
 
 def training_memory(config: RunConfig) -> dict[str, int]:
@@ -371,7 +377,7 @@ def training_memory(config: RunConfig) -> dict[str, int]:
 
     model, train = config.model, config.train
     n = model.n_digits
-    columns = len(metric_names(n, train.finite is not None, heldout=train.eval_every > 0))
+    columns = len(metric_names(n, train.finite is not None, heldout=train.eval_every > 0, signed=model.op != "add"))
     per_question = question_bytes(n) + activation_bytes(model)
     parts = {
         "the model, its gradients and AdamW moments (--d-model, --d-mlp, --layers)": 4 * 4 * model.parameter_count(),

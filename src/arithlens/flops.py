@@ -21,9 +21,8 @@ def answer_forward_flops(config: ModelConfig) -> int:
     those positions in earlier layers and only over the n+1 answer-predicting
     positions in the last layer; the unembedding runs over the n+1 answer positions.
     """
-    n = config.n_digits
-    kv_len = 3 * n + 2
-    answers = n + 1
+    kv_len = config.n_ctx - 1
+    answers = kv_len - (2 * config.n_digits + 1)
     attn_width = config.n_heads * config.d_head  # d_head may differ from d_model // n_heads
     flops = 2 * kv_len * config.d_vocab * config.d_model  # the embedding, a one-hot matmul
     for layer in range(config.n_layers):
@@ -42,9 +41,8 @@ def widest_activation_floats(config: ModelConfig) -> int:
 
     Evaluation sizes its chunks from this, so that a chunk's activations stay in cache.
     """
-    n = config.n_digits
-    kv_len = 3 * n + 2
-    answers = n + 1
+    kv_len = config.n_ctx - 1
+    answers = kv_len - (2 * config.n_digits + 1)
     attn_width = config.n_heads * config.d_head
     widest = kv_len * max(config.d_model, attn_width)  # residual, K, V
     for layer in range(config.n_layers):

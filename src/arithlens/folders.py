@@ -105,10 +105,16 @@ _HIDDEN_OK = (LOCK_FILE, SET_ASIDE_DIR)
 ANALYSIS_SUFFIXES = (".parquet", ".json")  # an analysis folder holds its tables and summary.json, nothing else
 
 
-def is_analysis_folder(path: Path) -> bool:
+ANALYSIS_OPERATION_FOLDERS = ("add", "sub")  # a mixed model's analysis has one folder per operation
+
+
+def is_analysis_folder(path: Path, nested: bool = True) -> bool:
     """Whether `path` holds only what `analyze` writes (hidden staging and temporary files aside)."""
-    return path.is_dir() and all(entry.is_file() and entry.suffix in ANALYSIS_SUFFIXES
-                                 for entry in path.iterdir() if not entry.name.startswith("."))
+    return path.is_dir() and all(
+        (entry.is_file() and entry.suffix in ANALYSIS_SUFFIXES)
+        or (nested and entry.is_dir() and entry.name in ANALYSIS_OPERATION_FOLDERS
+            and is_analysis_folder(entry, nested=False))
+        for entry in path.iterdir() if not entry.name.startswith("."))
 
 
 def existing_artefacts(path: Path) -> list[str]:
@@ -127,7 +133,9 @@ def foreign_files(path: Path) -> list[str]:
             continue
         if top == CHECKPOINT_DIR and len(relative.parts) == 2 and entry.suffix == ".safetensors":
             continue
-        if top == ANALYSIS_DIR and len(relative.parts) == 2 and entry.suffix in ANALYSIS_SUFFIXES:
+        if top == ANALYSIS_DIR and entry.suffix in ANALYSIS_SUFFIXES and (
+                len(relative.parts) == 2 or (len(relative.parts) == 3
+                                             and relative.parts[1] in ANALYSIS_OPERATION_FOLDERS)):
             continue
         foreign.append(str(relative))
     return foreign

@@ -13,30 +13,31 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from arithlens.scoring import Scorer
-from arithlens.task import AdditionBatch, AdditionTask
+from arithlens.task import ArithmeticBatch, ArithmeticTask
 
 
-def heldout_metric_names(n_digits: int) -> list[str]:
+def heldout_metric_names(n_digits: int, signed: bool = False) -> list[str]:
     """Columns of one held-out evaluation, in the order `heldout_accuracy` fills them."""
     names = ["heldout_accuracy"]
+    names += ["heldout_acc_sign"] * signed
     names += [f"heldout_acc_A{d}" for d in range(n_digits, -1, -1)]
     names += [f"heldout_acc_depth{k}" for k in range(n_digits)]
     return names
 
 
-def heldout_batch(task: AdditionTask, count: int, seed: int) -> AdditionBatch:
+def heldout_batch(task: ArithmeticTask, count: int, seed: int) -> ArithmeticBatch:
     """The held-out questions: uniform random, from `seed` alone."""
     return task.generate(count, torch.Generator().manual_seed(seed))
 
 
-def heldout_accuracy(model: TransformerBridge, batch: AdditionBatch) -> torch.Tensor:
-    """One float64 vector: overall accuracy, accuracy of An .. A0, then of cascade depths 0 .. n-1.
+def heldout_accuracy(model: TransformerBridge, batch: ArithmeticBatch) -> torch.Tensor:
+    """One float64 vector: overall accuracy, accuracy of (the sign and) An .. A0, then of cascade depths 0 .. n-1.
 
     A depth with no question in the set is NaN. Scoring reads the model's live weights
     and changes nothing, so evaluating mid-run leaves training bit-identical.
     """
     n = batch.n_digits
-    targets = batch.tokens[:, 2 * n + 2 :].cpu()  # [batch, n+1]
+    targets = batch.tokens[:, 2 * n + 2 :].cpu()  # [batch, answer_len]
     with Scorer(model, None) as scorer:
         _, predicted = scorer.score(batch.tokens, lambda k: None)  # [batch, n+1]
     batch = batch.to("cpu")

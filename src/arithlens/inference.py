@@ -22,31 +22,32 @@ from __future__ import annotations
 import torch
 
 from arithlens.metrics import token_losses
-from arithlens.model import TransformerBridge, answer_logits, model_config_of, predicted_digits
-from arithlens.task import AdditionTask
+from arithlens.model import TransformerBridge, answer_logits, model_config_of, predicted_answer
+from arithlens.task import task_for
 
 
 @torch.no_grad()
 def greedy_answers(model: TransformerBridge, question_tokens: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
-    """Answer digits [batch, n+1] (An first) for question tokens [batch, >= 2n+2]."""
-    n = model_config_of(model).n_digits
+    """Answer tokens [batch, answer_len] (the sign, then An first) for question tokens [batch, >= 2n+2]."""
+    task = task_for(model_config_of(model))
+    allowed = task.answer_allowed()  # [answer_len, d_vocab]
     device = next(model.parameters()).device
     outputs = []
     for start in range(0, question_tokens.shape[0], chunk_size):
-        sequence = question_tokens[start : start + chunk_size, : 2 * n + 2].to(device)
-        for _ in range(n + 1):
-            next_digit = predicted_digits(model(sequence)[:, -1])  # [batch]
-            sequence = torch.cat([sequence, next_digit[:, None]], dim=1)
-        outputs.append(sequence[:, 2 * n + 2 :].cpu())
+        sequence = question_tokens[start : start + chunk_size, : task.question_len].to(device)
+        for index in range(task.answer_len):
+            next_token = predicted_answer(model(sequence)[:, -1], allowed[index])  # [batch]
+            sequence = torch.cat([sequence, next_token[:, None]], dim=1)
+        outputs.append(sequence[:, task.question_len :].cpu())
     return torch.cat(outputs)
 
 
 def predict(model: TransformerBridge, questions: list[str]) -> list[str]:
-    """Full sequences such as "12345+67890=080235", with the model's own answer."""
-    task = AdditionTask(model_config_of(model).n_digits)
+    """Full sequences such as "12345+67890=080235" (or "12345-67890=-055545"), with the model's own answer."""
+    task = task_for(model_config_of(model))
     tokens = task.encode(questions)
     answers = greedy_answers(model, tokens)
-    return [q + "".join(str(d) for d in row) for q, row in zip(task.decode(tokens[:, : task.question_len]), answers.tolist())]
+    return task.decode(torch.cat([tokens[:, : task.question_len], answers], dim=1))
 
 
 def answer_loss(model: TransformerBridge, tokens: torch.Tensor | list[str] | str, *,
@@ -59,7 +60,7 @@ def answer_loss(model: TransformerBridge, tokens: torch.Tensor | list[str] | str
     [batch, n+1] (An first) instead of their mean. Use this, not `model(tokens, return_type="loss")`,
     which also averages over the question positions that nothing trains.
     """
-    task = AdditionTask(model_config_of(model).n_digits)
+    task = task_for(model_config_of(model))
     if not isinstance(tokens, torch.Tensor):
         tokens = task.encode(tokens)
     device = next(model.parameters()).device

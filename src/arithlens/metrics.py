@@ -24,16 +24,16 @@ import pyarrow as pa
 import torch
 
 from arithlens.heldout import heldout_metric_names
-from arithlens.task import AdditionBatch
+from arithlens.task import ArithmeticBatch
 
 PER_DIGIT_SUBTASKS = ("base_add", "use_carry1", "use_sum9")
 AGGREGATES = ("base_add_only", "use_carry1_any", "use_sum9_one", "use_sum9_two")
 _PER_DIGIT_COLUMN = re.compile(rf"^(?:{'|'.join(PER_DIGIT_SUBTASKS)})_(?:loss|count)_d(\d+)$")
 
 
-def answer_token_names(n_digits: int) -> list[str]:
-    """Answer tokens in sequence order: A{n} .. A0."""
-    return [f"A{d}" for d in range(n_digits, -1, -1)]
+def answer_token_names(n_digits: int, signed: bool = False) -> list[str]:
+    """Answer tokens in sequence order: (sign,) A{n} .. A0."""
+    return ["sign"] * signed + [f"A{d}" for d in range(n_digits, -1, -1)]
 
 
 def subtask_column_digit(column: str) -> str:
@@ -42,13 +42,13 @@ def subtask_column_digit(column: str) -> str:
     return f"A{match.group(1)}" if match else "all"
 
 
-def metric_names(n_digits: int, finite: bool, heldout: bool = False) -> list[str]:
+def metric_names(n_digits: int, finite: bool, heldout: bool = False, signed: bool = False) -> list[str]:
     """Column names of the metrics table, in the order `step_metrics` fills them.
 
     With `heldout`, the held-out evaluation's columns (`arithlens.heldout`) follow;
     they are NaN on steps with no evaluation.
     """
-    tokens = answer_token_names(n_digits)
+    tokens = answer_token_names(n_digits, signed)
     names = ["lr", "loss", *[f"loss_{t}" for t in tokens]]
     for subtask in PER_DIGIT_SUBTASKS:
         for d in range(n_digits):
@@ -58,7 +58,7 @@ def metric_names(n_digits: int, finite: bool, heldout: bool = False) -> list[str
     if finite:
         names += ["test_loss", *[f"test_loss_{t}" for t in tokens]]
     if heldout:
-        names += heldout_metric_names(n_digits)
+        names += heldout_metric_names(n_digits, signed)
     return names
 
 
@@ -79,21 +79,25 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     return total / count, count  # 0/0 is NaN on purpose: "no such case this step"
 
 
-def subtask_breakdown(losses: torch.Tensor, batch: AdditionBatch) -> torch.Tensor:
-    """Per-digit and aggregate sub-task losses with case counts, as one float64 vector."""
+def subtask_breakdown(losses: torch.Tensor, batch: ArithmeticBatch) -> torch.Tensor:
+    """Per-digit and aggregate sub-task losses with case counts, as one float64 vector.
+
+    The columns keep addition's keys for every operation: for subtraction `use_carry1` is
+    UseBorrow and `use_sum9` UseZero (`arithlens.operations` maps the roles).
+    """
     n = batch.n_digits
-    by_digit = losses.flip(1)[:, :n]  # [batch, n], units first: column d is A_d
-    carry_in = batch.use_carry1
-    masks = (~carry_in, carry_in & ~batch.make_sum9, batch.use_sum9)
+    by_digit = losses.flip(1)[:, :n]  # [batch, n], units first: column d is A_d (a sign token is left out)
+    carry_in = batch.use_carry
+    masks = (~carry_in, carry_in & ~batch.make_pass, batch.use_pass)
     parts: list[torch.Tensor] = []
     for mask in masks:
         mean, count = _masked_mean(by_digit, mask)
         parts.append(torch.stack([mean, count], dim=1).flatten())  # [loss_d0, count_d0, loss_d1, ...]
 
-    n_use_sum9 = batch.use_sum9.sum(dim=1)
+    n_use_sum9 = batch.use_pass.sum(dim=1)
     any_carry = carry_in.any(dim=1)
     question_means = (
-        (losses[:, 1:].mean(dim=1), ~any_carry),  # BaseAdd-only: the seed leaves out An here
+        (losses[:, -n:].mean(dim=1), ~any_carry),  # BaseAdd-only: the seed leaves out An here
         (losses.mean(dim=1), any_carry & (n_use_sum9 == 0)),
         (losses.mean(dim=1), n_use_sum9 == 1),
         (losses.mean(dim=1), n_use_sum9 == 2),
@@ -108,7 +112,7 @@ def step_metrics(
     lr: float,
     train_losses: torch.Tensor,
     subtask_losses: torch.Tensor,
-    subtask_batch: AdditionBatch,
+    subtask_batch: ArithmeticBatch,
     test_losses: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One row of the metrics table (without the step column), on the losses' device.
@@ -131,9 +135,9 @@ def step_metrics(
 
 
 def metrics_frame(history: torch.Tensor, first_step: int, n_digits: int, finite: bool,
-                  heldout: bool = False) -> pd.DataFrame:
+                  heldout: bool = False, signed: bool = False) -> pd.DataFrame:
     """The metrics table: one row per step, counts as integers."""
-    frame = pd.DataFrame(history.cpu().numpy(), columns=metric_names(n_digits, finite, heldout))
+    frame = pd.DataFrame(history.cpu().numpy(), columns=metric_names(n_digits, finite, heldout, signed))
     frame.insert(0, "step", range(first_step, first_step + len(frame)))
     for column in frame.columns:
         if "_count" in column:
@@ -141,7 +145,7 @@ def metrics_frame(history: torch.Tensor, first_step: int, n_digits: int, finite:
     return frame
 
 
-def read_metrics(path: Path, n_digits: int, finite: bool, heldout: bool = False) -> pd.DataFrame:
+def read_metrics(path: Path, n_digits: int, finite: bool, heldout: bool = False, signed: bool = False) -> pd.DataFrame:
     """A run's metrics table, refused with one clear error if it is unreadable or lacks a column the run writes."""
     from arithlens.errors import RunFolderError
 
@@ -151,7 +155,7 @@ def read_metrics(path: Path, n_digits: int, finite: bool, heldout: bool = False)
     except (OSError, ValueError, TypeError, pa.ArrowException) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise RunFolderError(f"damaged {path}: {first_line}; {advice}") from None
-    missing = [name for name in ["step", *metric_names(n_digits, finite, heldout)] if name not in frame.columns]
+    missing = [name for name in ["step", *metric_names(n_digits, finite, heldout, signed)] if name not in frame.columns]
     if missing:
         raise RunFolderError(f"damaged {path}: it has no column {missing[0]!r} "
                              f"({len(missing)} of the run's columns are missing); {advice}")

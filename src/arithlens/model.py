@@ -37,16 +37,17 @@ with warnings.catch_warnings():
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import PreTrainedTokenizer
 
-SYMBOLS = (*(str(d) for d in range(10)), "+", "=")  # token id = index: 0-9, then + (10) and = (11)
+SYMBOLS = (*(str(d) for d in range(10)), "+", "=", "-")  # token id = index: 0-9, + (10), = (11), - (12)
 PAD_TOKEN = "<pad>"
 
 
 class AdditionTokenizer(PreTrainedTokenizer):
-    """A character tokenizer for the addition vocabulary, for TransformerLens's string utilities.
+    """A character tokenizer for a task's vocabulary, for TransformerLens's string utilities.
 
-    Each of 0-9, `+`, `=` is one token (ids 0-11, as `arithlens.task` encodes them);
-    whitespace is skipped and any other character is an error. There is no BOS.
-    `<pad>` (id 12) stands in as the pad and end-of-sequence token, which TransformerLens's
+    Each of 0-9, `+`, `=` is one token (ids 0-11, as `arithlens.task` encodes them), and `-` (12)
+    for subtraction and mixed models (`d_vocab=13`); whitespace is skipped and any other character
+    is an error. There is no BOS.
+    `<pad>` (id 12, or 13 with `-`) stands in as the pad and end-of-sequence token, which TransformerLens's
     padding and `generate` ask for: it lies outside the model's 12-token vocabulary, so the
     model never predicts it (generation runs to `max_new_tokens`) and a padded batch of
     unequal questions fails at the embedding instead of running on a made-up token.
@@ -57,8 +58,9 @@ class AdditionTokenizer(PreTrainedTokenizer):
     vocab_files_names = {"vocab_file": "vocab.json"}
     model_input_names = ["input_ids", "attention_mask"]
 
-    def __init__(self, **kwargs: Any) -> None:
-        self._ids = {symbol: index for index, symbol in enumerate(SYMBOLS)}
+    def __init__(self, d_vocab: int = 12, **kwargs: Any) -> None:
+        self._symbols = SYMBOLS[:d_vocab]
+        self._ids = {symbol: index for index, symbol in enumerate(self._symbols)}
         kwargs.setdefault("pad_token", PAD_TOKEN)
         kwargs.setdefault("eos_token", PAD_TOKEN)
         kwargs.pop("vocab_file", None)  # the vocabulary is fixed; a saved copy only documents it
@@ -66,7 +68,7 @@ class AdditionTokenizer(PreTrainedTokenizer):
 
     @property
     def vocab_size(self) -> int:
-        return len(SYMBOLS)
+        return len(self._symbols)
 
     def get_vocab(self) -> dict[str, int]:
         return {**self._ids, **self.added_tokens_encoder}
@@ -75,14 +77,15 @@ class AdditionTokenizer(PreTrainedTokenizer):
         tokens = [c for c in text if not c.isspace()]
         unknown = sorted({c for c in tokens if c not in self._ids})
         if unknown:
-            raise ValueError(f"the addition tokenizer knows only 0-9, '+' and '=', not {', '.join(map(repr, unknown))}")
+            known = ", ".join(repr(s) for s in self._symbols[10:])
+            raise ValueError(f"this model's tokenizer knows only 0-9, {known}, not {', '.join(map(repr, unknown))}")
         return tokens
 
     def _convert_token_to_id(self, token: str) -> int:
         return self._ids[token]
 
     def _convert_id_to_token(self, index: int) -> str:
-        return SYMBOLS[index] if 0 <= index < len(SYMBOLS) else PAD_TOKEN
+        return self._symbols[index] if 0 <= index < len(self._symbols) else PAD_TOKEN
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         return "".join(tokens)
@@ -150,7 +153,7 @@ def _attach_tokenizer(model: TransformerBridge) -> None:
     The first assignment skips TransformerLens's tokenizer set-up, which would encode "a" to
     probe for BOS/EOS and reset d_vocab from the tokenizer (13 with <pad>): the flags are set here.
     """
-    model.tokenizer = AdditionTokenizer()
+    model.tokenizer = AdditionTokenizer(d_vocab=model_config_of(model).d_vocab)
     model.cfg.default_prepend_bos = False  # to_tokens/generate prepend nothing unless asked
     model.cfg.tokenizer_prepends_bos = False  # nothing to strip after tokenizing either
     model.cfg.tokenizer_appends_eos = False
@@ -195,7 +198,7 @@ class AnswerForward:
         self.scale = math.sqrt(self.config.d_head)
         n = self.config.n_digits
         self.first_answer_logit = 2 * n + 1
-        self.kv_len = 3 * n + 2
+        self.kv_len = self.config.n_ctx - 1
         device = self.params["embed.weight"].device
         query_positions = torch.arange(self.first_answer_logit, self.kv_len, device=device)
         key_positions = torch.arange(self.kv_len, device=device)
@@ -251,7 +254,7 @@ class AnswerForward:
         return resid + self._linear(hidden, f"{prefix}.mlp.out")  # [batch, q_pos, d_model]
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits [batch, n+1, d_vocab] predicting An .. A0."""
+        """Logits [batch, answer_len, d_vocab] predicting the answer tokens (sign first where there is one)."""
         tokens = tokens[:, : self.kv_len]
         # A one-hot matmul, not `W_E[tokens]`: indexing's backward accumulates rows in a
         # thread-dependent order, so two same-seed runs on 2+ threads drifted apart by ~1e-5.
@@ -265,12 +268,18 @@ class AnswerForward:
 
 
 def answer_logits(model: TransformerBridge, tokens: torch.Tensor) -> torch.Tensor:
-    """Full-bridge logits at the answer-predicting positions, [batch, n+1, d_vocab]."""
+    """Full-bridge logits at the answer-predicting positions, [batch, answer_len, d_vocab]."""
     config = model_config_of(model)
-    n = config.n_digits
-    return model(tokens)[:, 2 * n + 1 : 3 * n + 2]
+    return model(tokens)[:, 2 * config.n_digits + 1 : config.n_ctx - 1]
 
 
 def predicted_digits(logits: torch.Tensor) -> torch.Tensor:
     """Argmax over the digit tokens 0-9 only (never `+` or `=`)."""
     return logits[..., :10].argmax(dim=-1)
+
+
+def predicted_answer(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Predicted answer tokens [..., answer_len] from logits [..., answer_len, d_vocab]: the argmax over
+    the tokens each position may hold (`ArithmeticTask.answer_allowed`): digits, or `+`/`-` for a sign."""
+    allowed = allowed.to(logits.device)
+    return logits.masked_fill(~allowed, float("-inf")).argmax(dim=-1)

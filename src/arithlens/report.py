@@ -33,7 +33,10 @@ from arithlens.plots import analysis as analysis_plots
 from arithlens.plots import circuit as circuit_plots
 from arithlens.plots import training as training_plots
 from arithlens.runs import ANALYSIS_DIR, METRICS_FILE, REPORT_FILE, Run, is_bundled, load_run
-from arithlens.task import AdditionTask
+from arithlens.task import ArithmeticTask, task_for
+from arithlens.vocabulary import localise_figure, localise_text
+
+OPERATION_NAMES = {"add": "addition", "sub": "subtraction"}
 
 Item = go.Figure | pd.DataFrame | str
 
@@ -90,12 +93,22 @@ def render_report(run: Run, analysis: str | Path | None = None) -> str:
             f"the curves stop at the last saved step and model.safetensors holds the weights saved then. "
             f"Resume it with <code>arithlens train --resume {html.escape(str(run.path))}</code>.",
         )
+    task = task_for(run.config.model)
+    operations = tables.get("operations") if isinstance(tables.get("operations"), dict) else None
     sections = [_header_section(run, tables.get("summary"))]
-    phases = phase_bands(tables)
+    phases = phase_bands(next(iter(operations.values())) if operations else tables)
     if metrics is not None:
-        sections.append(_training_section(metrics, phases, notices))
-    if tables:
-        sections += _analysis_sections(tables, run, notices)
+        sections.append(_training_section(metrics, phases, notices, task))
+    if operations:  # a mixed model: the operations compared, then each one's sections
+        sections.append(_operations_section(tables, task))
+        for view in task.views():
+            key = view.operation.key
+            if key in operations:
+                sections += _analysis_sections(operations[key], run, notices, view, OPERATION_NAMES[key])
+            else:
+                notices.append(f"The analysis has no {OPERATION_NAMES[key]} folder; rerun <code>arithlens analyze</code>.")
+    elif tables:
+        sections += _analysis_sections(tables, run, notices, task)
     return page_html(f"arithlens report: {run.path.name}", _subtitle(run), sections, notices)
 
 
@@ -163,7 +176,8 @@ def _header_section(run: Run, summary: Any = None) -> Section:
     return section
 
 
-def _training_section(metrics: pd.DataFrame, phases: pd.DataFrame | None, notices: list[str]) -> Section:
+def _training_section(metrics: pd.DataFrame, phases: pd.DataFrame | None, notices: list[str],
+                      task: ArithmeticTask) -> Section:
     finite = training_plots.is_finite_mode(metrics)
     intro = (
         "The seed notebook's loss graphs. Per-digit sub-task curves split every answer digit's loss into "
@@ -178,20 +192,31 @@ def _training_section(metrics: pd.DataFrame, phases: pd.DataFrame | None, notice
                   "seed, never trained on), measured every --eval-every steps.")
     if phases is not None and len(phases):
         intro += " Shaded bands on the loss curves mark the phase changes found per answer digit."
+    if task.signed:
+        intro += (" For subtraction the sub-tasks are BaseDiff (no borrow in), UseBorrow (a borrow into a pair of "
+                  "unequal digits) and UseZero (a borrow into an equal pair, which passes it on); a mixed model's "
+                  "curves pool both operations' questions. The answer's sign token is scored in the loss and in the "
+                  "held-out accuracy but has no sub-task curve.")
+        intro = localise_text(intro, task) if len(task.operations) == 1 else intro
     section = Section("training", "Training", intro)
     try:
-        section.items += training_plots.training_figures(metrics, phases)
+        section.items += [(localise_text(heading, task), localise_figure(fig, task))
+                          for heading, fig in training_plots.training_figures(metrics, phases)]
     except (KeyError, ValueError) as error:  # e.g. a metrics table from another version: say so, keep the rest
         notices.append(f"The loss curves could not be drawn from {METRICS_FILE} ({html.escape(type(error).__name__)}: "
                        f"{html.escape(str(error))}).")
     return section
 
 
-def _analysis_sections(tables: dict[str, Any], run: Run, notices: list[str]) -> list[Section]:
+def _analysis_sections(tables: dict[str, Any], run: Run, notices: list[str], task: ArithmeticTask,
+                       operation: str = "") -> list[Section]:
+    """The analysis sections of one operation's tables (`operation` names it for a mixed model)."""
     model = run.config.model
     sections: list[Section] = []
     for key, title, intro, parts in ANALYSIS_PARTS:
-        section = Section(key, title, intro)
+        if operation:
+            key, title = f"{key}-{task.operation.key}", f"{title} ({operation} questions)"
+        section = Section(key, title, localise_text(intro, task))
         for heading, name, make in parts:
             frame = tables.get(name)
             if name == "checkpoint_nodes" and not run.checkpoint_steps():
@@ -206,7 +231,7 @@ def _analysis_sections(tables: dict[str, Any], run: Run, notices: list[str]) -> 
                 items: list[Item] = [f"<p class='intro'>{EMPTY_NOTES.get(name, 'Nothing to show.')}</p>"]
             else:
                 try:
-                    items = make(frame, tables, model.n_digits, model.n_layers, model.n_heads)
+                    items = make(frame, tables, task, model.n_layers, model.n_heads)
                 except Exception as error:  # one odd table must not cost the whole report; the notice says why
                     notices.append(f"{title}: {heading} could not be drawn from <code>{name}</code> "
                                    f"({html.escape(type(error).__name__)}: {html.escape(str(error))}).")
@@ -215,6 +240,55 @@ def _analysis_sections(tables: dict[str, Any], run: Run, notices: list[str]) -> 
         if section.items:
             sections.append(section)
     return sections
+
+
+def _operations_section(tables: dict[str, Any], task: ArithmeticTask) -> Section:
+    """A mixed model's operations side by side: accuracy per group, the map as a circuit, and the useful
+    nodes that serve both operations or only one."""
+    operations = tables["operations"]
+    section = Section("operations", "Addition and subtraction compared",
+                      "This mixed model answers both operations; each has its own analysis below. Rows pair the "
+                      "groups of the two operations in the same order (a category or cascade depth of one with "
+                      "the matching one of the other).")
+    columns: dict[str, pd.DataFrame] = {}
+    for key, part in operations.items():
+        accuracy = part.get("accuracy")
+        if isinstance(accuracy, pd.DataFrame) and len(accuracy):
+            rows = accuracy[accuracy["source"] == "random"].reset_index(drop=True)
+            columns[key] = rows
+    if columns:
+        first = next(iter(columns.values()))
+        side = pd.DataFrame({"group_kind": first["group_kind"]})
+        side["group"] = [" / ".join(str(frame["group"].iloc[i]) if i < len(frame) else "" for frame in columns.values())
+                         for i in range(len(first))]
+        for key, frame in columns.items():
+            name = OPERATION_NAMES.get(key, key)
+            side[f"{name} questions"] = frame["questions"]
+            side[f"{name} accuracy"] = frame["accuracy"]
+            side[f"{name} nines"] = frame["nines"]
+        section.items.append(("Accuracy side by side", side))
+    circuits = []
+    for key, part in operations.items():
+        circuit = part.get("circuit")
+        if isinstance(circuit, pd.DataFrame) and len(circuit):
+            whole = circuit[circuit["answer_digit"] == "all"]
+            if len(whole):
+                row = whole.iloc[0]
+                circuits.append({"operation": OPERATION_NAMES.get(key, key), "map nodes": int(row["node_count"]),
+                                 "faithfulness": row["faithfulness"], "completeness": row["completeness"],
+                                 "accuracy kept": row["accuracy_kept"]})
+    if circuits:
+        section.items.append(("The algorithm map as a circuit, whole answer", pd.DataFrame(circuits)))
+    shared = (tables.get("summary") or {}).get("shared_nodes") if isinstance(tables.get("summary"), dict) else None
+    if isinstance(shared, dict):
+        lines = "".join(f"<li><strong>{html.escape(label)}</strong> ({len(shared.get(k, []))}): "
+                        f"{html.escape(', '.join(shared.get(k, [])) or 'none')}</li>"
+                        for k, label in (("both", "serve both operations"), ("only_add", "serve only addition"),
+                                         ("only_sub", "serve only subtraction")))
+        section.items.append(("Useful nodes: shared and own", f"<p class='intro'>A node is useful for an operation "
+                              f"when mean-ablating it breaks some answer digit of that operation's questions.</p>"
+                              f"<ul>{lines}</ul>"))
+    return section
 
 
 def phase_bands(tables: dict[str, Any]) -> pd.DataFrame | None:
@@ -249,11 +323,11 @@ def checkpoint_note(run: Run, frame: pd.DataFrame | None = None) -> str:
                    "checkpoints, then rerun <code>arithlens analyze</code>.")
 
 
-def with_position_labels(frame: pd.DataFrame, n_digits: int) -> pd.DataFrame:
-    """A table for display, its `position` column as labels like `P14 (→A2)` (`AdditionTask.position_label`)."""
+def with_position_labels(frame: pd.DataFrame, n_digits: analysis_plots.Layout) -> pd.DataFrame:
+    """A table for display, its `position` column as labels like `P14 (→A2)` (`ArithmeticTask.position_label`)."""
     if "position" not in frame.columns:
         return frame
-    task = AdditionTask(n_digits)
+    task = analysis_plots.layout_task(n_digits)
     return frame.assign(position=[task.position_label(int(p)) for p in frame["position"]])
 
 
@@ -304,8 +378,11 @@ def _accuracy_items(frame: pd.DataFrame, t: dict[str, Any], n: int, layers: int,
 
 
 def _algorithm_items(frame: pd.DataFrame, t: dict[str, Any], n: int, layers: int, heads: int) -> list[Item]:
-    grid = pd.DataFrame({"answer digit": [f"A{d}" for d in range(n, -1, -1)]})
-    for role in ("BaseAdd", "MakeCarry1", "MakeSum9", "UseSum9"):
+    from arithlens.vocabulary import localised_name
+
+    task = analysis_plots.layout_task(n)
+    grid = pd.DataFrame({"answer digit": [f"A{d}" for d in range(task.n_digits, -1, -1)]})
+    for role in (localised_name(r, task) for r in ("BaseAdd", "MakeCarry1", "MakeSum9", "UseSum9")):
         grid[role] = [", ".join(f"{r.node} ({r.confidence})" for r in frame[(frame["answer_digit"] == digit)
                       & (frame["role"] == role)].itertuples()) for digit in grid["answer digit"]]
     columns = ["answer_digit", "role", "node", *(["position"] if "position" in frame.columns else []), "supported_by",
@@ -316,7 +393,7 @@ def _algorithm_items(frame: pd.DataFrame, t: dict[str, Any], n: int, layers: int
 
 
 def _node_items(frame: pd.DataFrame, t: dict[str, Any], n: int, layers: int, heads: int) -> list[Item]:
-    classes = [c for c in ("BA", "UC1", "US9") if (frame["subtask_class"] == c).any()]
+    classes = [c for c in analysis_plots.SUBTASK_CLASSES[1:] if (frame["subtask_class"] == c).any()]
     return [analysis_plots.node_effect_heatmaps(frame, n, value="accuracy_delta"),
             analysis_plots.node_effect_heatmaps(frame, n, value="loss_delta"),
             *(analysis_plots.node_effect_heatmaps(frame, n, value="accuracy_delta", subtask_class=c) for c in classes)]
@@ -363,6 +440,16 @@ def _circuit_items(frame: pd.DataFrame, t: dict[str, Any], n: int, layers: int, 
     return [f"<p class='intro'>{html.escape(where)}</p>", shown]
 
 
+def _edge_items(frame: pd.DataFrame, t: dict[str, Any], n: int, layers: int, heads: int) -> list[Item]:
+    from arithlens.analysis.edges import top_edges  # loaded with the analysis tables already
+
+    questions = int(frame["questions"].iloc[0]) if "questions" in frame.columns else 0
+    return [f"<p class='intro'>The 20 strongest of {len(frame):,} edges into the map's nodes above layer 0, on "
+            f"{questions:,} random questions. An edge's effect is the change in the answer digit's logit margin "
+            f"when only the sender's output into the receiver is mean-ablated (everything else clean); share is "
+            f"that as a part of ablating the receiver itself.</p>", top_edges(frame, 20)]
+
+
 Make = Callable[[pd.DataFrame, dict[str, Any], int, int, int], list[Item]]
 AP = analysis_plots
 ANALYSIS_PARTS: list[tuple[str, str, str, list[tuple[str, str, Make]]]] = [
@@ -383,7 +470,9 @@ ANALYSIS_PARTS: list[tuple[str, str, str, list[tuple[str, str, Make]]]] = [
       ("Faithfulness as nodes are added by importance", "circuit_curve",
        lambda f, t, n, l, h: [circuit_plots.faithfulness_curve(f, n, t.get("circuit"))]),
       ("Circuit diagram", "circuit_minimality",
-       lambda f, t, n, l, h: [circuit_plots.circuit_diagram(t["algorithm_map"], f, n, l, h, t.get("attention"))]),
+       lambda f, t, n, l, h: [circuit_plots.circuit_diagram(t["algorithm_map"], f, n, l, h, t.get("attention"),
+                                                            t.get("edges"))]),
+      ("Edges between layers (path patching)", "edges", _edge_items),
       ("Minimality: each map node removed alone", "circuit_minimality", lambda f, t, n, l, h: [f]),
       ("Hypothesis tests: the published algorithm, clause by clause", "clauses", _clause_items)]),
     ("accuracy", "Accuracy", "Accuracy in nines (on 1M questions 0-1 failures is six nines, 2-10 five nines).",
@@ -437,6 +526,7 @@ EMPTY_NOTES = {
     "subtask_changes": "No phase change, so nothing to compare.",
     "checkpoint_nodes": "No phase change was bracketed by checkpoints, or none was compared.",
     "circuit_minimality": "The map names no node, so there is nothing to remove (and no circuit to draw).",
+    "edges": "No edges: a 1-layer model has no layer to layer paths.",
 }
 
 

@@ -183,7 +183,8 @@ class Run:
         from arithlens.metrics import read_metrics  # metrics imports TransformerLens: only when needed
 
         train = self.config.train
-        return read_metrics(path, self.config.model.n_digits, train.finite is not None, train.eval_every > 0)
+        return read_metrics(path, self.config.model.n_digits, train.finite is not None, train.eval_every > 0,
+                            signed=self.config.model.op != "add")
 
     @property
     def is_complete(self) -> bool:

@@ -18,7 +18,8 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from arithlens.config import ModelConfig
 from arithlens.flops import widest_activation_floats
-from arithlens.model import AnswerForward, predicted_digits
+from arithlens.model import AnswerForward, predicted_answer
+from arithlens.task import task_for
 
 # On a CPU a chunk's widest activation is kept near this size so that a chunk's working set stays
 # in cache: with 8192-question chunks a 5-digit model's MLP hidden alone is ~570 MB, and time went
@@ -27,15 +28,17 @@ CPU_CHUNK_BYTES = 4 * 2**20
 MAX_CHUNK_SIZE = 8192  # accelerators, and the cap for tiny models on a CPU
 
 
-def score_logits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, predicted digit) for logits [..., d_vocab] and target tokens [...].
+def score_logits(logits: torch.Tensor, targets: torch.Tensor,
+                 allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, predicted token) for answer logits [..., answer_len, d_vocab] and target tokens [..., answer_len].
 
     The loss is float64 cross-entropy over all logits, as in training; the
-    prediction is the argmax over digit tokens only.
+    prediction is the argmax over the tokens each position may hold: digits only,
+    or `+`/`-` at a sign (`allowed`, [answer_len, d_vocab]).
     """
     log_probs = logits.double().log_softmax(dim=-1)
     loss = -log_probs.gather(-1, targets[..., None]).squeeze(-1)
-    return loss, predicted_digits(logits)
+    return loss, predicted_answer(logits, allowed)
 
 
 @contextmanager
@@ -79,7 +82,8 @@ class Scorer:
 
     def __init__(self, model: TransformerBridge, chunk_size: int | None) -> None:
         self.forward = AnswerForward(model)
-        self.n = self.forward.config.n_digits
+        self.task = task_for(self.forward.config)
+        self.allowed = self.task.answer_allowed()
         weight = self.forward.params["embed.weight"]
         self.device = weight.device
         self.chunk_size = chunk_size or default_chunk_size(self.forward.config, self.device, weight.dtype)
@@ -100,12 +104,13 @@ class Scorer:
     def _score_chunk(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Grad mode is per thread, so each worker enters inference mode itself.
         with torch.inference_mode():
-            tokens = tokens.to(self.device)  # [chunk, 3n+3]
-            loss, predicted = score_logits(self.forward(tokens), tokens[:, 2 * self.n + 2 :])
-            return loss.cpu(), predicted.cpu()  # [chunk, n+1] each
+            tokens = tokens.to(self.device)  # [chunk, seq_len]
+            targets = tokens[:, self.task.question_len : self.task.seq_len]
+            loss, predicted = score_logits(self.forward(tokens), targets, self.allowed)
+            return loss.cpu(), predicted.cpu()  # [chunk, answer_len] each
 
     def score(self, tokens: torch.Tensor, advance: Callable[[int], None]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss [batch, n+1] float64, predicted [batch, n+1] long) for tokens [batch, 3n+3]."""
+        """(loss [batch, answer_len] float64, predicted [batch, answer_len] long) for tokens [batch, seq_len]."""
         chunks = tokens.split(self.chunk_size)
         results: Iterable[tuple[torch.Tensor, torch.Tensor]] = (
             self._pool.map(self._score_chunk, chunks) if self._pool is not None else map(self._score_chunk, chunks)

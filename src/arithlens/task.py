@@ -1,10 +1,16 @@
-"""The n-digit addition task: tokens, sub-task labels and seeded batch generation.
+"""Arithmetic tasks: token layout, sub-task labels and seeded batch generation.
 
-Layout (n digits, length 3n+3): x digits most significant first, `+` (10),
-y digits, `=` (11), then the n+1 answer digits An ... A0. Logits at position p
-predict the token at p+1, so positions 2n+1 .. 3n+1 predict An .. A0.
+A task is a layout plus the operations it holds (`arithlens.operations`):
 
-Per-digit label arrays are [batch, n_digits] with index 0 = units digit (D0).
+- `AdditionTask(n)`: the seed's format, length 3n+3. x digits most significant first,
+  `+` (10), y digits, `=` (11), then the n+1 answer digits An ... A0.
+- `SubtractionTask(n)` and `MixedTask(n)` (addition and subtraction): an operator token,
+  `+` or `-` (12), and after `=` a sign token (`+` for answers >= 0, `-` below 0), then the
+  n+1 digits of |x - y| (or x + y): `12345-67890=-055545`, length 3n+4.
+
+Logits at position p predict the token at p+1, so positions 2n+1 .. seq_len-2 predict the
+answer tokens, the sign first where there is one. Per-digit label arrays are [batch, n] with
+index 0 = units digit (D0), and use each operation's roles (`ArithmeticBatch`).
 """
 
 from __future__ import annotations
@@ -16,13 +22,19 @@ from numbers import Integral
 
 import torch
 
+from arithlens.batch import AdditionBatch, ArithmeticBatch
 from arithlens.errors import ArithlensError
+from arithlens.operations import ADD, EQUALS_TOKEN, MINUS_TOKEN, OPERATIONS, PLUS_TOKEN, SUB, Operation, cascade_depth
 
-PLUS_TOKEN = 10
-EQUALS_TOKEN = 11
-D_VOCAB = 12
+D_VOCAB = 12  # the addition vocabulary: 0-9, + and =
+SIGNED_D_VOCAB = 13  # with - (12), for subtraction and mixed models
 N_DIGIT_TOKENS = 10
 MAX_DIGITS = 30  # keeps n_ctx and int64 answers (Python ints are used above 18) sane
+OPS = ("add", "sub", "mixed")
+OPERATION_IDS = {"add": 0, "sub": 1}  # ArithmeticBatch.op
+# Published enrichment of subtraction: among enriched questions, y = x (a zero answer) this often.
+EQUAL_OPERANDS_PROB = 0.01
+_SYMBOLS = (*(str(d) for d in range(10)), "+", "=", "-")
 
 
 class SubTask(str, Enum):
@@ -36,7 +48,10 @@ class SubTask(str, Enum):
 
 
 class QuestionCategory(IntEnum):
-    """The hardest sub-task a question needs: UseSum9 > UseCarry1 > BaseAdd."""
+    """The hardest sub-task a question needs: a cascade > a carry (borrow) > neither.
+
+    `label` is addition's name; `ArithmeticTask.category_label` gives each operation's own.
+    """
 
     BASE_ADD = 0
     USE_CARRY1 = 1
@@ -47,100 +62,145 @@ class QuestionCategory(IntEnum):
         return ("BaseAdd", "UseCarry1", "UseSum9")[self.value]
 
 
-@dataclass
-class AdditionBatch:
-    """Tokens plus every label the analyses condition on.
+class ArithmeticTask:
+    """n-digit arithmetic in one layout: encoding, decoding, labels and seeded generation.
 
-    Per-digit tensors are [batch, n_digits], index 0 = units digit.
+    Use `AdditionTask`, `SubtractionTask`, `MixedTask`, or `task_for(config)` for a model's.
     """
 
-    tokens: torch.Tensor  # [batch, 3n+3] long
-    base_add: torch.Tensor  # [batch, n] long, x_d + y_d
-    make_carry1: torch.Tensor  # [batch, n] bool, carry out of digit d
-    make_sum9: torch.Tensor  # [batch, n] bool, x_d + y_d == 9
-    use_carry1: torch.Tensor  # [batch, n] bool, carry into digit d
-    use_sum9: torch.Tensor  # [batch, n] bool, make_sum9 and use_carry1
-    category: torch.Tensor  # [batch] long, QuestionCategory values
-    cascade_depth: torch.Tensor  # [batch] long, longest run of use_sum9 columns
+    op = "add"
 
-    def __len__(self) -> int:
-        return self.tokens.shape[0]
-
-    @property
-    def n_digits(self) -> int:
-        return self.base_add.shape[1]
-
-    def to(self, device: torch.device | str) -> AdditionBatch:
-        return AdditionBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
-
-    def select(self, index: torch.Tensor | slice) -> AdditionBatch:
-        """Rows picked by a boolean mask, an index tensor or a slice."""
-        return AdditionBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
-
-    @staticmethod
-    def concat(batches: list[AdditionBatch]) -> AdditionBatch:
-        if not batches:
-            raise ArithlensError("cannot concatenate an empty list of batches")
-        return AdditionBatch(
-            **{f.name: torch.cat([getattr(b, f.name) for b in batches]) for f in fields(AdditionBatch)}
-        )
-
-
-class AdditionTask:
-    """n-digit addition: encoding, decoding, labels and seeded generation."""
-
-    def __init__(self, n_digits: int = 5) -> None:
+    def __init__(self, n_digits: int = 5, operations: tuple[Operation, ...] = (ADD,), signed: bool = False) -> None:
         if not isinstance(n_digits, int) or isinstance(n_digits, bool) or not 1 <= n_digits <= MAX_DIGITS:
             raise ArithlensError(f"n_digits must be an integer from 1 to {MAX_DIGITS}, got {n_digits!r}")
+        if not signed and operations != (ADD,):
+            raise ArithlensError("only addition has an unsigned answer format")
         self.n_digits = n_digits
+        self.operations = operations
+        self.signed = signed
         n = n_digits
+        symbols = "".join(re.escape(op.symbol) for op in operations)
+        sign = "[+-]" if signed else ""
         # [0-9], not \d: \d and int() also take other scripts' digits (١٢٣, full-width １２３).
-        self._question_re = re.compile(rf"^([0-9]{{{n}}})\+([0-9]{{{n}}})=([0-9]{{{n + 1}}})?$")
+        self._question_re = re.compile(rf"^([0-9]{{{n}}})([{symbols}])([0-9]{{{n}}})=({sign}[0-9]{{{n + 1}}})?$")
+        self._loose_re = re.compile(rf"^([0-9]{{{n}}})([+-])([0-9]{{{n}}})=([+-]?[0-9]{{{n + 1}}})?$")
 
     def __repr__(self) -> str:
-        return f"AdditionTask(n_digits={self.n_digits})"
+        return f"{type(self).__name__}(n_digits={self.n_digits})"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, ArithmeticTask) and (self.n_digits, self.operations, self.signed)
+                == (other.n_digits, other.operations, other.signed))
+
+    def __hash__(self) -> int:
+        return hash((self.n_digits, self.operations, self.signed))
+
+    # ----- operations ---------------------------------------------------
+    @property
+    def operation(self) -> Operation:
+        """The one operation of a single-operation task (its names label every analysis)."""
+        if len(self.operations) != 1:
+            raise ArithlensError(f"a {self.op} model holds {len(self.operations)} operations; analyse each with "
+                                 f"task.views() (one task per operation)")
+        return self.operations[0]
+
+    @property
+    def names(self):  # noqa: ANN201 - SubtaskNames, kept out of the signature to keep imports one-way
+        """The sub-task names of this task's operation."""
+        return self.operation.names
+
+    def views(self) -> list[ArithmeticTask]:
+        """One single-operation task per operation, in this task's layout: how a mixed model is analysed."""
+        if len(self.operations) == 1:
+            return [self]
+        return [OperationView(self.n_digits, op) for op in self.operations]
+
+    @property
+    def key(self) -> str:
+        """"add", "sub", or an operation's key for a view of a mixed model."""
+        return self.op if len(self.operations) != 1 else self.operation.key
+
+    def category_label(self, category: int) -> str:
+        """A question category's name in this task's operation ("UseSum9", "BorrowCascade")."""
+        return self.operation.names.categories[int(category)]
+
+    def describe_format(self) -> str:
+        """The expected question format, for error messages."""
+        n = self.n_digits
+        examples = " or ".join(f"{'1' * n}{op.symbol}{'2' * n}=" for op in self.operations)
+        answer = f"a sign and {n + 1} digits" if self.signed else f"{n + 1} digits"
+        kind = {"add": "addition", "sub": "subtraction", "mixed": "mixed addition/subtraction"}[self.op]
+        return f"a {n}-digit {kind} model takes questions like {examples}, with answers of {answer}"
 
     # ----- layout -------------------------------------------------------
     @property
-    def seq_len(self) -> int:
-        return 3 * self.n_digits + 3
+    def d_vocab(self) -> int:
+        return SIGNED_D_VOCAB if self.signed else D_VOCAB
 
     @property
     def question_len(self) -> int:
         return 2 * self.n_digits + 2
 
     @property
+    def answer_len(self) -> int:
+        """Answer tokens: the sign (signed formats) and n+1 digits."""
+        return self.n_digits + 1 + int(self.signed)
+
+    @property
+    def seq_len(self) -> int:
+        return self.question_len + self.answer_len
+
+    @property
     def answer_token_positions(self) -> list[int]:
-        """Positions holding An .. A0."""
-        return list(range(2 * self.n_digits + 2, 3 * self.n_digits + 3))
+        """Positions holding the answer tokens (sign first, then An .. A0)."""
+        return list(range(self.question_len, self.seq_len))
 
     @property
     def answer_logit_positions(self) -> list[int]:
-        """Positions whose logits predict An .. A0 (one before each answer token)."""
-        return list(range(2 * self.n_digits + 1, 3 * self.n_digits + 2))
+        """Positions whose logits predict the answer tokens (one before each)."""
+        return list(range(self.question_len - 1, self.seq_len - 1))
+
+    @property
+    def digit_logit_positions(self) -> list[int]:
+        """Positions whose logits predict An .. A0 (the sign's excluded)."""
+        return self.answer_logit_positions[int(self.signed):]
 
     def answer_digit_names(self) -> list[str]:
-        """["A5", ..., "A0"] for 5 digits: the order answer tokens appear in."""
+        """["A5", ..., "A0"] for 5 digits: the order answer digits appear in."""
         return [f"A{d}" for d in range(self.n_digits, -1, -1)]
 
+    def answer_token_names(self) -> list[str]:
+        """Every answer token's name in order: "sign" first where there is one, then An .. A0."""
+        return ["sign"] * int(self.signed) + self.answer_digit_names()
+
+    def answer_allowed(self) -> torch.Tensor:
+        """Which tokens each answer position may predict, [answer_len, d_vocab] bool: digits, or + and - for the sign."""
+        allowed = torch.zeros(self.answer_len, self.d_vocab, dtype=torch.bool)
+        allowed[:, :N_DIGIT_TOKENS] = True
+        if self.signed:
+            allowed[0] = False
+            allowed[0, [PLUS_TOKEN, MINUS_TOKEN]] = True
+        return allowed
+
     def position_names(self) -> list[str]:
-        """The token each position holds: D4..D0, +, D'4..D'0, =, A5..A0 (displays use `position_label`)."""
+        """The token each position holds: D4..D0, +, D'4..D'0, =, (sign,) A5..A0 (displays use `position_label`)."""
         n = self.n_digits
         xs = [f"D{d}" for d in range(n - 1, -1, -1)]
         ys = [f"D'{d}" for d in range(n - 1, -1, -1)]
-        return [*xs, "+", *ys, "=", *self.answer_digit_names()]
+        operator = "".join(op.symbol for op in self.operations)
+        return [*xs, operator, *ys, "=", *self.answer_token_names()]
 
     def position_label(self, position: int) -> str:
-        """How reports and plots show a position: `P14 (→A2)` where its logits predict an answer digit, else the
+        """How reports and plots show a position: `P14 (→A2)` where its logits predict an answer token, else the
         token it holds, `P2 (D2)`.
 
-        Token names alone mislead at the answer positions: P14 holds A3 (5 digits) but computes A2.
+        Token names alone mislead at the answer positions: P14 holds A3 (5-digit addition) but computes A2.
         """
         if not isinstance(position, Integral) or not 0 <= position < self.seq_len:
             raise ArithlensError(f"position must be 0..{self.seq_len - 1}, got {position!r}")
         position = int(position)  # numpy integers from table columns format like ints from here on
         if position in self.answer_logit_positions:
-            return f"P{position} (→A{3 * self.n_digits + 1 - position})"
+            return f"P{position} (→{self.answer_token_names()[position - self.question_len + 1]})"
         return f"P{position} ({self.position_names()[position]})"
 
     def position_labels(self) -> list[str]:
@@ -149,64 +209,65 @@ class AdditionTask:
 
     def logit_position_for_answer_digit(self, digit: int) -> int:
         """The position whose logits predict answer digit A`digit` (0 = units)."""
-        if not 0 <= digit <= self.n_digits:
+        if not isinstance(digit, Integral) or not 0 <= digit <= self.n_digits:
             raise ArithlensError(f"answer digit must be 0..{self.n_digits}, got {digit}")
-        return 3 * self.n_digits + 1 - digit
+        return self.seq_len - 2 - int(digit)
 
     # ----- labels -------------------------------------------------------
-    def batch_from_digits(self, x_digits: torch.Tensor, y_digits: torch.Tensor) -> AdditionBatch:
-        """Build tokens and labels from operand digits given units-first, [batch, n]."""
+    def _op_ids(self, ops: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        known = torch.tensor([OPERATION_IDS[op.key] for op in self.operations], device=device)
+        if ops is None:
+            if len(self.operations) != 1:
+                raise ArithlensError(f"a {self.op} task needs each question's operation (ops=)")
+            return known[0].expand(batch).clone()
+        ops = ops.long().to(device)
+        if ops.shape != (batch,) or not torch.isin(ops, known).all():
+            raise ArithlensError(f"ops must be [{batch}] operation ids from {known.tolist()}")
+        return ops
+
+    def batch_from_digits(self, x_digits: torch.Tensor, y_digits: torch.Tensor,
+                          ops: torch.Tensor | None = None) -> ArithmeticBatch:
+        """Build tokens and labels from operand digits given units-first, [batch, n].
+
+        `ops` gives each row's operation id (`OPERATION_IDS`); single-operation tasks need none.
+        """
         n = self.n_digits
         if x_digits.shape != y_digits.shape or x_digits.ndim != 2 or x_digits.shape[1] != n:
             raise ArithlensError(f"operand digits must both be [batch, {n}], got {tuple(x_digits.shape)}")
-        x_digits = x_digits.long()
-        y_digits = y_digits.long()
-        batch = x_digits.shape[0]
-        device = x_digits.device
-        base_add = x_digits + y_digits  # [batch, n]
-        make_sum9 = base_add == 9
-        use_carry1 = torch.zeros(batch, n, dtype=torch.bool, device=device)
-        make_carry1 = torch.zeros(batch, n, dtype=torch.bool, device=device)
-        answer = torch.zeros(batch, n + 1, dtype=torch.long, device=device)  # units-first
-        carry = torch.zeros(batch, dtype=torch.bool, device=device)
-        # The carry chain is inherently sequential over columns; each step is vectorised over the batch.
-        for d in range(n):
-            use_carry1[:, d] = carry
-            total = base_add[:, d] + carry.long()
-            carry = total >= 10
-            make_carry1[:, d] = carry
-            answer[:, d] = total % 10
-        answer[:, n] = carry.long()
-        use_sum9 = make_sum9 & use_carry1
-
-        run = torch.zeros(batch, dtype=torch.long, device=device)
-        depth = torch.zeros(batch, dtype=torch.long, device=device)
-        for d in range(n):
-            run = torch.where(use_sum9[:, d], run + 1, torch.zeros_like(run))
-            depth = torch.maximum(depth, run)
-
+        x_digits, y_digits = x_digits.long(), y_digits.long()
+        batch, device = x_digits.shape[0], x_digits.device
+        op_ids = self._op_ids(ops, batch, device)
+        labels = None
+        for operation in self.operations:  # each row takes the labels of its own operation
+            mine = operation.labels(x_digits, y_digits)
+            if labels is None:
+                labels = mine
+                continue
+            rows = op_ids == OPERATION_IDS[operation.key]
+            labels = type(mine)(**{f.name: torch.where(rows if getattr(mine, f.name).ndim == 1 else rows[:, None],
+                                                       getattr(mine, f.name), getattr(labels, f.name))
+                                   for f in fields(mine)})
+        assert labels is not None
         category = torch.full((batch,), int(QuestionCategory.BASE_ADD), dtype=torch.long, device=device)
-        category[use_carry1.any(dim=1)] = int(QuestionCategory.USE_CARRY1)
-        category[use_sum9.any(dim=1)] = int(QuestionCategory.USE_SUM9)
+        category[labels.use_carry.any(dim=1)] = int(QuestionCategory.USE_CARRY1)
+        category[labels.use_pass.any(dim=1)] = int(QuestionCategory.USE_SUM9)
 
+        op_tokens = torch.where(op_ids == OPERATION_IDS["sub"], MINUS_TOKEN, PLUS_TOKEN)
         tokens = torch.empty(batch, self.seq_len, dtype=torch.long, device=device)
         tokens[:, :n] = x_digits.flip(1)
-        tokens[:, n] = PLUS_TOKEN
+        tokens[:, n] = op_tokens
         tokens[:, n + 1 : 2 * n + 1] = y_digits.flip(1)
         tokens[:, 2 * n + 1] = EQUALS_TOKEN
-        tokens[:, 2 * n + 2 :] = answer.flip(1)
-        return AdditionBatch(
-            tokens=tokens,
-            base_add=base_add,
-            make_carry1=make_carry1,
-            make_sum9=make_sum9,
-            use_carry1=use_carry1,
-            use_sum9=use_sum9,
-            category=category,
-            cascade_depth=depth,
+        if self.signed:
+            tokens[:, self.question_len] = torch.where(labels.negative, MINUS_TOKEN, PLUS_TOKEN)
+        tokens[:, self.seq_len - n - 1 :] = labels.answer.flip(1)
+        return ArithmeticBatch(
+            tokens=tokens, base=labels.base, base_carry=labels.base_carry, make_carry=labels.make_carry,
+            make_pass=labels.make_pass, use_carry=labels.use_carry, use_pass=labels.use_pass, category=category,
+            cascade_depth=cascade_depth(labels), op=op_ids, negative=labels.negative,
         )
 
-    def batch_from_tokens(self, tokens: torch.Tensor) -> AdditionBatch:
+    def batch_from_tokens(self, tokens: torch.Tensor) -> ArithmeticBatch:
         """Labels for question tokens ([batch, >= 2n+2]); the answer is recomputed."""
         n = self.n_digits
         if tokens.ndim != 2 or tokens.shape[1] < self.question_len:
@@ -215,10 +276,16 @@ class AdditionTask:
         y_digits = tokens[:, n + 1 : 2 * n + 1].flip(1)
         if (x_digits > 9).any() or (y_digits > 9).any() or (x_digits < 0).any() or (y_digits < 0).any():
             raise ArithlensError("operand positions must hold digit tokens 0-9")
-        return self.batch_from_digits(x_digits, y_digits)
+        by_token = {op.token: OPERATION_IDS[op.key] for op in self.operations}
+        operators = tokens[:, n].tolist()
+        unknown = next((t for t in operators if t not in by_token), None)
+        if unknown is not None:
+            raise ArithlensError(f"position {n} holds token {unknown}, not this task's operator; {self.describe_format()}")
+        ops = torch.tensor([by_token[t] for t in operators], dtype=torch.long, device=tokens.device)
+        return self.batch_from_digits(x_digits, y_digits, ops)
 
-    def batch_from_ints(self, xs: list[int], ys: list[int]) -> AdditionBatch:
-        """Build a batch from Python integer operands."""
+    def batch_from_ints(self, xs: list[int], ys: list[int], ops: list[str] | None = None) -> ArithmeticBatch:
+        """Build a batch from Python integer operands (and, for a mixed task, "add"/"sub" per question)."""
         limit = 10**self.n_digits
         for v in (*xs, *ys):
             if not 0 <= v < limit:
@@ -226,12 +293,18 @@ class AdditionTask:
         powers = [10**d for d in range(self.n_digits)]
         x_digits = torch.tensor([[(v // p) % 10 for p in powers] for v in xs], dtype=torch.long)
         y_digits = torch.tensor([[(v // p) % 10 for p in powers] for v in ys], dtype=torch.long)
-        return self.batch_from_digits(x_digits.reshape(-1, self.n_digits), y_digits.reshape(-1, self.n_digits))
+        op_ids = None
+        if ops is not None:
+            if any(op not in OPERATION_IDS for op in ops):
+                raise ArithlensError(f"operations must be 'add' or 'sub', got {sorted(set(ops) - set(OPERATION_IDS))}")
+            op_ids = torch.tensor([OPERATION_IDS[op] for op in ops], dtype=torch.long)
+        return self.batch_from_digits(x_digits.reshape(-1, self.n_digits), y_digits.reshape(-1, self.n_digits), op_ids)
 
-    def every_question(self, start: int = 0, stop: int | None = None) -> AdditionBatch:
+    def every_question(self, start: int = 0, stop: int | None = None) -> ArithmeticBatch:
         """Questions `start` .. `stop`-1 of all 10^(2n), in order: question i is x = i // 10^n, y = i % 10^n.
 
-        Slices of the range let a caller walk every question in bounded memory.
+        Slices of the range let a caller walk every question in bounded memory. A mixed task
+        enumerates per operation: use `task.views()`.
         """
         n = self.n_digits
         total = 10 ** (2 * n)
@@ -255,30 +328,49 @@ class AdditionTask:
         enrich_fraction: float = 0.0,
         enrich_sum9_prob: float = 0.4,
         device: torch.device | str = "cpu",
-    ) -> AdditionBatch:
-        """`count` uniformly random questions, all drawn from `generator`.
+    ) -> ArithmeticBatch:
+        """`count` uniformly random questions (operations equally likely), all drawn from `generator`.
 
-        Enrichment (as in the published work): a share `enrich_fraction` of the
-        questions has each digit pair forced to sum to 9 with probability
-        `enrich_sum9_prob`, which makes UseSum9 cascades common enough to learn.
+        Enrichment (as in the published work): a share `enrich_fraction` of the questions has
+        each digit pair forced, with probability `enrich_sum9_prob`, to pass a carry on (sum to 9
+        in addition, equal digits in subtraction), which makes cascades common enough to learn.
+        Enriched subtraction questions also get y = x (a zero answer) with probability 1%.
+        Addition-only tasks draw exactly what they always drew, so a seed means one data stream.
         """
         if count < 1:
             raise ArithlensError(f"count must be at least 1, got {count}")
         if not 0.0 <= enrich_fraction <= 1.0 or not 0.0 <= enrich_sum9_prob <= 1.0:
             raise ArithlensError("enrichment fractions must lie in [0, 1]")
         n = self.n_digits
+        where = generator.device
         # Always draw on the generator's device and in the same order, so a seed means one data stream.
-        digits = torch.randint(0, 10, (2, count, n), generator=generator, device=generator.device)
+        digits = torch.randint(0, 10, (2, count, n), generator=generator, device=where)
         x_digits, y_digits = digits[0], digits[1]
+        op_ids = None
+        if len(self.operations) > 1:
+            choice = torch.randint(0, len(self.operations), (count,), generator=generator, device=where)
+            op_ids = torch.tensor([OPERATION_IDS[op.key] for op in self.operations], device=where)[choice]
         if enrich_fraction > 0.0:
-            pick_question = torch.rand(count, 1, generator=generator, device=generator.device) < enrich_fraction
-            pick_column = torch.rand(count, n, generator=generator, device=generator.device) < enrich_sum9_prob
-            y_digits = torch.where(pick_question & pick_column, 9 - x_digits, y_digits)
-        return self.batch_from_digits(x_digits.to(device), y_digits.to(device))
+            pick_question = torch.rand(count, 1, generator=generator, device=where) < enrich_fraction
+            pick_column = torch.rand(count, n, generator=generator, device=where) < enrich_sum9_prob
+            ops = op_ids if op_ids is not None else torch.full((count,), OPERATION_IDS[self.operations[0].key],
+                                                                device=where)
+            enriched = y_digits
+            for operation in self.operations:
+                rows = (ops == OPERATION_IDS[operation.key])[:, None]
+                enriched = torch.where(rows, operation.enrich(x_digits, y_digits, pick_question & pick_column),
+                                       enriched)
+            y_digits = enriched
+            if SUB in self.operations:
+                equal = torch.rand(count, 1, generator=generator, device=where) < EQUAL_OPERANDS_PROB
+                y_digits = torch.where(pick_question & equal & (ops == OPERATION_IDS["sub"])[:, None],
+                                       x_digits, y_digits)
+        return self.batch_from_digits(x_digits.to(device), y_digits.to(device),
+                                      None if op_ids is None else op_ids.to(device))
 
     # ----- text ---------------------------------------------------------
     def encode(self, texts: list[str] | str) -> torch.Tensor:
-        """Strings to tokens [batch, 3n+3].
+        """Strings to tokens [batch, seq_len].
 
         Accepts questions ("12345+67890=", the true answer is filled in, which the
         model cannot see when predicting it) or full sequences
@@ -288,44 +380,131 @@ class AdditionTask:
             texts = [texts]
         if len(texts) == 0:
             raise ArithlensError("no questions given")
-        n = self.n_digits
         rows: list[list[int]] = []
         for text in texts:
             cleaned = "".join(str(text).split())
-            match = self._question_re.match(cleaned)
             foreign = next((c for c in cleaned if c.isdigit() and not c.isascii()), None)
             if foreign is not None:
                 raise ArithlensError(f"question {text!r} has the digit {foreign!r} (U+{ord(foreign):04X}); "
                                      f"write questions with the ASCII digits 0-9")
+            match = self._question_re.match(cleaned)
             if match is None:
-                raise ArithlensError(
-                    f"malformed question {text!r}: expected {n} digits, '+', {n} digits, '=' "
-                    f"and optionally {n + 1} answer digits, e.g. {'1' * n}+{'2' * n}="
-                )
-            x_text, y_text, answer_text = match.groups()
+                raise ArithlensError(f"malformed question {text!r}: {self._mismatch(cleaned)}")
+            x_text, symbol, y_text, answer_text = match.groups()
+            operation = next(op for op in self.operations if op.symbol == symbol)
             if answer_text is None:
-                answer_text = str(int(x_text) + int(y_text)).zfill(n + 1)
-            rows.append([int(c) for c in x_text] + [PLUS_TOKEN] + [int(c) for c in y_text] + [EQUALS_TOKEN]
-                        + [int(c) for c in answer_text])
+                value = operation.value(int(x_text), int(y_text))
+                sign = ("-" if value < 0 else "+") if self.signed else ""
+                answer_text = sign + str(abs(value)).zfill(self.n_digits + 1)
+            rows.append([int(c) for c in x_text] + [operation.token] + [int(c) for c in y_text] + [EQUALS_TOKEN]
+                        + [_SYMBOLS.index(c) for c in answer_text])
         return torch.tensor(rows, dtype=torch.long)
+
+    def _mismatch(self, cleaned: str) -> str:
+        """Why a question does not fit this task, naming the model's operation and format."""
+        loose = self._loose_re.match(cleaned)
+        if loose is not None:
+            _, symbol, _, answer = loose.groups()
+            if symbol not in {op.symbol for op in self.operations}:
+                return f"'{symbol}' is not an operation of this model: {self.describe_format()}"
+            if answer is not None and self.signed != (answer[0] in "+-"):
+                need = "start with a sign, + or -" if self.signed else "have no sign"
+                return f"its answer must {need}: {self.describe_format()}"
+        return self.describe_format()
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
         """Tokens [batch, pos] (or [pos]) back to strings such as "12345+67890=080235"."""
         if tokens.ndim == 1:
             tokens = tokens[None]
-        symbols = [str(i) for i in range(10)] + ["+", "="]
+        symbols = _SYMBOLS[: self.d_vocab]
         out = []
         for row in tokens.tolist():
             try:
+                if any(t < 0 for t in row):
+                    raise IndexError
                 out.append("".join(symbols[t] for t in row))
             except (IndexError, TypeError):
-                raise ArithlensError(f"token ids must be 0..11, got {row}") from None
+                raise ArithlensError(f"token ids must be 0..{self.d_vocab - 1}, got {row}") from None
         return out
 
-    def questions(self, batch: AdditionBatch) -> list[str]:
+    def questions(self, batch: ArithmeticBatch) -> list[str]:
         """The question part ("12345+67890=") of every row."""
         return [s[: self.question_len] for s in self.decode(batch.tokens)]
 
-    def answers(self, batch: AdditionBatch) -> list[str]:
-        """The true answer digits (An..A0) of every row."""
+    def answers(self, batch: ArithmeticBatch) -> list[str]:
+        """The true answer (sign and) digits of every row."""
         return [s[self.question_len :] for s in self.decode(batch.tokens)]
+
+
+class AdditionTask(ArithmeticTask):
+    """n-digit addition in the seed's format: `12345+67890=080235`."""
+
+    op = "add"
+
+    def __init__(self, n_digits: int = 5) -> None:
+        super().__init__(n_digits, (ADD,), signed=False)
+
+
+class SubtractionTask(ArithmeticTask):
+    """n-digit subtraction with a signed answer: `12345-67890=-055545`."""
+
+    op = "sub"
+
+    def __init__(self, n_digits: int = 5) -> None:
+        super().__init__(n_digits, (SUB,), signed=True)
+
+
+class MixedTask(ArithmeticTask):
+    """Addition and subtraction in one model, both with signed answers: `12345+67890=+080235`."""
+
+    op = "mixed"
+
+    def __init__(self, n_digits: int = 5) -> None:
+        super().__init__(n_digits, (ADD, SUB), signed=True)
+
+
+class OperationView(ArithmeticTask):
+    """One operation of a mixed model, in the mixed layout: its questions, labels and names."""
+
+    def __init__(self, n_digits: int, operation: Operation) -> None:
+        super().__init__(n_digits, (operation,), signed=True)
+        self.op = "mixed"
+
+    def __repr__(self) -> str:
+        return f"OperationView(n_digits={self.n_digits}, {self.operation.key!r})"
+
+    @property
+    def d_vocab(self) -> int:
+        return SIGNED_D_VOCAB
+
+
+TASKS: dict[str, type[ArithmeticTask]] = {"add": AdditionTask, "sub": SubtractionTask, "mixed": MixedTask}
+
+
+def make_task(op: str, n_digits: int) -> ArithmeticTask:
+    """The task for an operation name ("add", "sub" or "mixed")."""
+    if op not in TASKS:
+        raise ArithlensError(f"unknown operation {op!r}: use one of {', '.join(OPS)}")
+    return TASKS[op](n_digits)
+
+
+def task_for(config: object) -> ArithmeticTask:
+    """The task a model config (anything with `op` and `n_digits`) was built for."""
+    return make_task(getattr(config, "op", "add"), config.n_digits)  # type: ignore[attr-defined]
+
+
+def task_for_batch(config: object, batch: ArithmeticBatch) -> ArithmeticTask:
+    """The task whose names describe `batch`: the model's own, or, for a mixed model asked about one
+    operation's questions, the view of that operation (`ArithmeticTask.views`)."""
+    task = task_for(config)
+    if len(task.operations) == 1:
+        return task
+    present = [view for view in task.views() if bool((batch.op == OPERATION_IDS[view.operation.key]).any())]
+    return present[0] if len(present) == 1 else task
+
+
+__all__ = [
+    "ADD", "D_VOCAB", "EQUALS_TOKEN", "MAX_DIGITS", "MINUS_TOKEN", "N_DIGIT_TOKENS", "OPERATIONS", "OPS",
+    "PLUS_TOKEN", "SIGNED_D_VOCAB", "SUB", "AdditionBatch", "AdditionTask", "ArithmeticBatch", "ArithmeticTask",
+    "MixedTask", "OperationView", "QuestionCategory", "SubTask", "SubtractionTask", "make_task", "task_for", "task_for_batch",
+]

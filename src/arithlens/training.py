@@ -53,7 +53,7 @@ from arithlens.runs import (
     save_tensors,
     write_json,
 )
-from arithlens.task import AdditionBatch, AdditionTask
+from arithlens.task import ArithmeticBatch, task_for
 
 LOG_EVERY = 25  # steps between progress-bar updates: the only host syncs in the loop
 StepCallback = Callable[[int], None]
@@ -107,7 +107,7 @@ class Trainer:
         train = config.train
         self.device = resolve_device(train.device)
         require_memory(training_memory(config), str(self.device))  # refuse, before allocating what cannot fit
-        self.task = AdditionTask(config.model.n_digits)
+        self.task = task_for(config.model)
         self.model = build_model(config.model, self.device)
         self.forward = AnswerForward(self.model)
         self.optimizer = _adamw(self.model, train.lr, train.weight_decay, train.betas)
@@ -115,29 +115,31 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: train.lr_multiplier(step))
         self.data_rng = torch.Generator().manual_seed(train.seed)
         self.test_rng = torch.Generator().manual_seed(train.seed + 1)
-        self.fixed_train: AdditionBatch | None = None
+        self.fixed_train: ArithmeticBatch | None = None
         if train.finite is not None:
             self.fixed_train = self._generate(train.finite, self.data_rng)
         self.heldout = heldout_batch(self.task, train.eval_count, train.eval_seed).to(self.device) \
             if train.eval_every else None
         finite = train.finite is not None
-        self.n_step_metrics = len(metric_names(config.model.n_digits, finite))
-        self.n_metrics = len(metric_names(config.model.n_digits, finite, heldout=self.heldout is not None))
+        signed = self.task.signed
+        self.n_step_metrics = len(metric_names(config.model.n_digits, finite, signed=signed))
+        self.n_metrics = len(metric_names(config.model.n_digits, finite, heldout=self.heldout is not None,
+                                          signed=signed))
         self.history = torch.zeros(train.steps, self.n_metrics, dtype=torch.float64, device=self.device)
         self.history[:, self.n_step_metrics :] = float("nan")  # held-out columns: NaN where nothing was measured
         self.step = 0
         self.after_save: Callable[[], None] | None = None  # told once each save is on disk
 
     # ----- data and loss ------------------------------------------------
-    def _generate(self, count: int, rng: torch.Generator) -> AdditionBatch:
+    def _generate(self, count: int, rng: torch.Generator) -> ArithmeticBatch:
         train = self.config.train
         return self.task.generate(
             count, rng, enrich_fraction=train.enrich_fraction, enrich_sum9_prob=train.enrich_sum9_prob
         ).to(self.device)
 
-    def _losses(self, batch: AdditionBatch) -> torch.Tensor:
-        n = self.task.n_digits
-        return token_losses(self.forward(batch.tokens), batch.tokens[:, 2 * n + 2 :])  # [batch, n+1]
+    def _losses(self, batch: ArithmeticBatch) -> torch.Tensor:
+        answers = batch.tokens[:, self.task.question_len : self.task.seq_len]
+        return token_losses(self.forward(batch.tokens), answers)  # [batch, answer_len]
 
     def train_step(self) -> None:
         lr = self.scheduler.get_last_lr()[0]
@@ -176,7 +178,7 @@ class Trainer:
     # ----- persistence --------------------------------------------------
     def _write_metrics(self) -> None:
         frame = metrics_frame(self.history[: self.step], 0, self.task.n_digits, self.config.train.finite is not None,
-                              heldout=self.heldout is not None)
+                              heldout=self.heldout is not None, signed=self.task.signed)
         tmp = self.out_dir / f".{METRICS_FILE}.tmp"
         frame.to_parquet(tmp, index=False)
         tmp.replace(self.out_dir / METRICS_FILE)
@@ -415,6 +417,8 @@ def train(
         check_writable(out)
         info = {"command": command or "", "started": _now(), "device": str(trainer_device), "status": "interrupted"}
         trainer = Trainer(config, out, info)  # allocates everything before the old run is touched
+        if config.train.init_from is not None:
+            _start_from(trainer, config.train.init_from)
         replacement = ForcedReplacement(out, replaced)
         replacement.set_aside()
         trainer.after_save = replacement.discard
@@ -430,6 +434,18 @@ def train(
             replacement.restore()
             raise
     return load_run(out)
+
+
+def _start_from(trainer: Trainer, source_name: str) -> None:
+    """Copy a trained model's weights into the fresh model (`arithlens.init_from`); resumes restore instead."""
+    from arithlens.init_from import check_fits, copy_into
+    from arithlens.runs import load_model
+
+    source_run = load_run(source_name) if not str(source_name).endswith(".safetensors") else None
+    if source_run is not None:  # the shape is checked before the weights are read
+        check_fits(trainer.config.model, source_run.config.model, source_name)
+    source = load_model(source_name, device=str(trainer.device))
+    trainer.info["init_from_weights"] = copy_into(trainer.model, source, source_name)
 
 
 def resume(

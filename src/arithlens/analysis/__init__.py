@@ -13,6 +13,7 @@ Training dynamics:            phase_changes, detect_phase_changes, subtask_chang
 Algorithm map:                algorithm_map, failed_cases
 Does the map explain it:      score_circuit, map_circuit, faithfulness, completeness, minimality, circuit_nodes
                               (node sets scored by mean ablation, as MIB / EAP-IG do; see circuit)
+                              path_patching_edges, top_edges (layer-to-layer edges of a map; see edges)
 Hypothesis tests:             Clause, read_hypotheses, parse_hypotheses, published_clauses, evaluate_clauses
                               (algorithm claims tested causally by patching; see hypotheses and clauses)
 Everything for a run folder:  analyze_run, load_analysis
@@ -32,6 +33,7 @@ from arithlens.analysis.accuracy import (
     random_accuracy,
 )
 from arithlens.analysis.algorithm_map import ROLES, algorithm_map, digit_roles, failed_cases
+from arithlens.analysis.edges import path_patching_edges, top_edges
 from arithlens.analysis.circuit import (
     circuit_nodes,
     completeness,
@@ -128,6 +130,8 @@ __all__ = [
     "make_patch_pairs",
     "make_question_set",
     "map_circuit",
+    "path_patching_edges",
+    "top_edges",
     "mean_attention_by_class",
     "minimality",
     "nines",

@@ -67,7 +67,8 @@ from arithlens.analysis.reference import Reference, resolve_reference
 from arithlens.errors import ArithlensError
 from arithlens.model import model_config_of
 from arithlens.scoring import cpu_workers, score_logits
-from arithlens.task import AdditionBatch, AdditionTask
+from arithlens.vocabulary import localise
+from arithlens.task import AdditionBatch, task_for, task_for_batch
 
 METHODS = ("zero", "mean", "resample")
 SUBTASK_CLASSES = ("all", "BA", "UC1", "US9")
@@ -81,28 +82,35 @@ FAST_CHUNK = 512
 
 
 # ----- effects per answer digit and sub-task class --------------------------------------------
-def _effect_rows(n: int) -> list[tuple[str, str, int]]:
-    """(answer_digit, subtask_class, column) per effects row; column n+1 is the whole question."""
-    rows = [(f"A{n}", "all", 0)]
+def _effect_rows(n: int, signed: bool = False) -> list[tuple[str, str, int]]:
+    """(answer_digit, subtask_class, column) per effects row; the last column is the whole question."""
+    first = int(signed)  # a sign token is answer column 0
+    rows = [("sign", "all", 0)] * first + [(f"A{n}", "all", first)]
     for digit in range(n - 1, -1, -1):
-        rows += [(f"A{digit}", cls, n - digit) for cls in SUBTASK_CLASSES]
-    return rows + [("all", "all", n + 1)]
+        rows += [(f"A{digit}", cls, first + n - digit) for cls in SUBTASK_CLASSES]
+    return rows + [("all", "all", first + n + 1)]
+
+
+def _signed(batch: AdditionBatch) -> bool:
+    """Whether the batch's answers start with a sign token (subtraction and mixed layouts)."""
+    return batch.tokens.shape[1] > 3 * batch.n_digits + 3
 
 
 def _row_masks(batch: AdditionBatch) -> torch.Tensor:
     """Which questions each effects row counts, [batch, rows] float64."""
     everyone = torch.ones(len(batch), dtype=torch.bool)
-    masks = [everyone if name == "all" else digit_class_masks(batch, int(name[1:]))[cls]
-             for name, cls, _ in _effect_rows(batch.n_digits)]
+    masks = [everyone if cls == "all" else digit_class_masks(batch, int(name[1:]))[cls]
+             for name, cls, _ in _effect_rows(batch.n_digits, _signed(batch))]
     return torch.stack(masks, dim=1).double()
 
 
 class _Tally:
     """Sums of loss and correctness per effects row, for the baseline and each of `count` ablations."""
 
-    def __init__(self, n: int, count: int) -> None:
+    def __init__(self, n: int, count: int, signed: bool = False) -> None:
         self.n = n
-        self.columns = torch.tensor([column for _, _, column in _effect_rows(n)])
+        self.signed = signed
+        self.columns = torch.tensor([column for _, _, column in _effect_rows(n, signed)])
         rows = len(self.columns)
         self.questions = torch.zeros(rows, dtype=torch.float64)
         self.base = torch.zeros(2, rows, dtype=torch.float64)  # [loss | correct, row]
@@ -133,7 +141,7 @@ class _Tally:
         count, rows = self.ablated.shape[0], len(self.columns)
         base = self.base / self.questions  # NaN where a class has no questions
         ablated = self.ablated / self.questions
-        labels = _effect_rows(self.n)
+        labels = _effect_rows(self.n, self.signed)
         return pd.DataFrame({
             "ablation": torch.arange(count).repeat_interleave(rows).numpy(),
             "answer_digit": [name for name, _, _ in labels] * count,
@@ -232,8 +240,9 @@ def reference_values(model: TransformerBridge, reference: AdditionBatch, sites: 
 
 def hooked_answer_logits(model: TransformerBridge, batch: AdditionBatch, sites: list[Site], indexes: list[tuple],
                           values: list[torch.Tensor | float], per_question: bool, chunk_size: int) -> torch.Tensor:
-    """Bridge logits [batch, n+1, d_vocab] at the answer positions, every site overwritten with its value."""
+    """Bridge logits [batch, answer_len, d_vocab] at the answer positions, every site overwritten with its value."""
     n = batch.n_digits
+    stop = batch.tokens.shape[1] - 1
     names = dict.fromkeys(name for name, _, _ in sites)
     device = next(model.parameters()).device
     logits = []
@@ -243,7 +252,7 @@ def hooked_answer_logits(model: TransformerBridge, batch: AdditionBatch, sites: 
                                          for (site, _, _), index, value in zip(sites, indexes, values) if site == name]))
                      for name in names]
             out = model.run_with_hooks(batch.tokens[part].to(device), fwd_hooks=hooks)
-            logits.append(out[:, 2 * n + 1 : 3 * n + 2].cpu())
+            logits.append(out[:, 2 * n + 1 : stop].cpu())
     return torch.cat(logits)
 
 
@@ -271,13 +280,16 @@ def ablate(model: TransformerBridge, batch: AdditionBatch, hook_name: str, *, me
     rows = _resample_rows(len(reference), len(batch), seed) if method == "resample" else None
     values = reference_values(model, reference, sites, indexes, method, rows, chunk_size)
     answers = batch.tokens[:, 2 * batch.n_digits + 2 :].cpu()
-    tally = _Tally(batch.n_digits, 1)
-    base_loss, base_predicted = score_logits(hooked_answer_logits(model, batch, [], [], [], False, chunk_size), answers)
+    allowed = task_for(model_config_of(model)).answer_allowed()
+    tally = _Tally(batch.n_digits, 1, _signed(batch))
+    base_loss, base_predicted = score_logits(hooked_answer_logits(model, batch, [], [], [], False, chunk_size), answers,
+                                             allowed)
     tally.add_baseline(batch, base_loss, base_predicted == answers)
     loss, predicted = score_logits(
-        hooked_answer_logits(model, batch, sites, indexes, values, rows is not None, chunk_size), answers)
+        hooked_answer_logits(model, batch, sites, indexes, values, rows is not None, chunk_size), answers, allowed)
     tally.add(0, tally.sums(loss, predicted == answers))
-    return _recorded(tally.frame().drop(columns="ablation"), method, description)
+    frame = _recorded(tally.frame().drop(columns="ablation"), method, description)
+    return localise(frame, task_for_batch(model_config_of(model), batch))
 
 
 def _fast_tally(model: TransformerBridge, batch: AdditionBatch, reference: AdditionBatch, targets: list[Target],
@@ -286,7 +298,8 @@ def _fast_tally(model: TransformerBridge, batch: AdditionBatch, reference: Addit
     engine = Engine(model)
     n = batch.n_digits
     device = engine.f.answer_mask.device
-    tally = _Tally(n, len(targets))
+    allowed = task_for(model_config_of(model)).answer_allowed()
+    tally = _Tally(n, len(targets), _signed(batch))
     workers = torch.get_num_threads() if device.type == "cpu" else 1
     parts = chunks(len(batch), min(chunk_size, -(-len(batch) // workers)))  # a chunk for every worker
     rows = _resample_rows(len(reference), len(batch), seed) if method == "resample" else None
@@ -303,9 +316,9 @@ def _fast_tally(model: TransformerBridge, batch: AdditionBatch, reference: Addit
             scored = []
             for target in targets:
                 logits = engine.ablated_logits(cache, target, source)
-                scored.append(None if logits is None else score_logits(logits, answers))
+                scored.append(None if logits is None else score_logits(logits, answers, allowed))
                 advance(1)
-            return part, score_logits(cache.logits, answers), scored
+            return part, score_logits(cache.logits, answers, allowed), scored
 
     with progress_bar(len(targets) * len(parts), label, progress) as advance, cpu_workers(workers) as pool:
         for part, (base_loss, base_predicted), scored in (pool.map(score, parts) if pool else map(score, parts)):
@@ -321,8 +334,10 @@ def _brute_tally(model: TransformerBridge, batch: AdditionBatch, reference: Addi
     """One full hooked bridge forward per target; the replacement values are gathered once for all."""
     n_layers = model_config_of(model).n_layers
     answers = batch.tokens[:, 2 * batch.n_digits + 2 :]
-    tally = _Tally(batch.n_digits, len(targets))
-    base_loss, base_predicted = score_logits(hooked_answer_logits(model, batch, [], [], [], False, chunk_size), answers)
+    allowed = task_for(model_config_of(model)).answer_allowed()
+    tally = _Tally(batch.n_digits, len(targets), _signed(batch))
+    base_loss, base_predicted = score_logits(hooked_answer_logits(model, batch, [], [], [], False, chunk_size), answers,
+                                             allowed)
     tally.add_baseline(batch, base_loss, base_predicted == answers)
     sites = [site for target in targets for site in target.sites(n_layers)]
     indexes = site_index(model, batch, sites)
@@ -335,7 +350,7 @@ def _brute_tally(model: TransformerBridge, batch: AdditionBatch, reference: Addi
             start = part.stop
             logits = hooked_answer_logits(model, batch, sites[part], indexes[part], values[part], rows is not None,
                                            chunk_size)
-            loss, predicted = score_logits(logits, answers)
+            loss, predicted = score_logits(logits, answers, allowed)
             tally.add(number, tally.sums(loss, predicted == answers))
             advance(1)
     return tally
@@ -377,7 +392,7 @@ def node_ablation(model: TransformerBridge, batch: AdditionBatch, *, method: str
         "head": [-1 if t.head is None else t.head for t in targets],
     })
     frame = node.iloc[frame["ablation"]].reset_index(drop=True).join(frame.drop(columns="ablation"))
-    return _recorded(frame, method, description)
+    return localise(_recorded(frame, method, description), task_for_batch(config, batch))
 
 
 def position_ablation(model: TransformerBridge, batch: AdditionBatch, *, method: str = "mean",
@@ -404,9 +419,10 @@ def position_ablation(model: TransformerBridge, batch: AdditionBatch, *, method:
     frame = _run_targets(model, batch, reference, targets, method, fast, seed, chunk_size, progress,
                          "position ablation")
     frame = frame[frame["subtask_class"] == "all"].reset_index(drop=True)
-    names = AdditionTask(config.n_digits).position_names()
+    names = task_for(config).position_names()
     ablation = frame.pop("ablation")
     frame.insert(0, "position_name", [names[i % config.n_ctx] for i in ablation])
     frame.insert(0, "position", ablation % config.n_ctx)
     frame.insert(0, "site", [sites[i // config.n_ctx] for i in ablation])
-    return _recorded(frame.drop(columns="subtask_class"), method, description)
+    return localise(_recorded(frame.drop(columns="subtask_class"), method, description),
+                    task_for_batch(config, batch))

@@ -298,7 +298,7 @@ class Engine:
         changed (in the first later layer, at the changed rows alone).
         """
         f = self.f
-        first_row, stop_row = rows or (0, self.config.n_digits + 1)
+        first_row, stop_row = rows or (0, self.f.kv_len - self.f.first_answer_logit)
         stop = f.first_answer_logit + stop_row  # positions after the last row asked for are never read
         changed = post
         for later in range(layer + 1, self.config.n_layers):
@@ -350,7 +350,7 @@ class Engine:
         first position anything changed at, as in `ablated_logits`.
         """
         f = self.f
-        first_row, stop_row, _ = rows.indices(self.config.n_digits + 1)
+        first_row, stop_row, _ = rows.indices(self.f.kv_len - self.f.first_answer_logit)
         stop = f.first_answer_logit + stop_row
         ablated = [~(keep_z[layer].all(dim=-1) & keep_mlp[layer]) for layer in range(self.config.n_layers)]
         starts = []  # per layer, the first position whose node is overwritten (stop when none)

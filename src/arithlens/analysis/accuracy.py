@@ -5,7 +5,7 @@ batched, no grad). On a CPU it runs cache-sized chunks on one single-threaded
 worker per core (see `arithlens.scoring.Scorer`); a 5-digit bundled model then runs near the
 CPU's matmul limit (benchmarks/eval_speed.py measures it). `exhaustive_accuracy`
 checks every question of a small model. A question is correct when every answer digit's argmax over
-the digit tokens 0-9 is right; that equals greedy generation's verdict, since
+the digit tokens 0-9 (and the sign's over + and -) is right; that equals greedy generation's verdict, since
 generation sees the same prefix up to its first wrong digit. Losses are the
 training loss: float64 log-softmax over all 12 logits.
 
@@ -34,7 +34,8 @@ from transformer_lens.model_bridge import TransformerBridge
 from arithlens.errors import ArithlensError
 from arithlens.model import model_config_of
 from arithlens.scoring import Scorer
-from arithlens.task import AdditionBatch, AdditionTask, QuestionCategory
+from arithlens.operations import OPERATIONS
+from arithlens.task import OPERATION_IDS, AdditionBatch, ArithmeticTask, task_for
 
 GENERATE_BLOCK = 65536  # random_accuracy draws questions in blocks this size, so a seed means one set
 EXHAUSTIVE_MAX_DIGITS = 3  # every 3-digit question is 10^6 of them; 4 digits would be 10^8
@@ -79,13 +80,15 @@ class EvalResult:
 
 def check_batch(model: TransformerBridge, batch: AdditionBatch) -> int:
     """The model's digit count, after checking the batch suits it."""
-    n = model_config_of(model).n_digits
+    config = model_config_of(model)
+    n = config.n_digits
     if len(batch) == 0:
         raise ArithlensError("the question set is empty; pass at least one question")
-    if batch.n_digits != n:
+    task = task_for(config)
+    if batch.n_digits != n or batch.tokens.shape[1] != task.seq_len:
         raise ArithlensError(
-            f"the model adds {n}-digit numbers but the questions have {batch.n_digits} digits; "
-            f"build them with AdditionTask({n})"
+            f"the questions ({batch.n_digits} digits, {batch.tokens.shape[1]} tokens) do not suit the model: "
+            f"{task.describe_format()}; build them with arithlens.task_for(model.arithlens_config)"
         )
     return n
 
@@ -152,7 +155,7 @@ def random_accuracy(model: TransformerBridge, count: int, seed: int = 0, *, chun
         raise ArithlensError(f"count must be an integer >= 1, got {count!r}")
     if chunk_size is not None:  # None: pick a cache-sized chunk
         check_chunk_size(chunk_size)
-    task = AdditionTask(model_config_of(model).n_digits)
+    task = task_for(model_config_of(model))
     generator = torch.Generator().manual_seed(seed)
     block = GENERATE_BLOCK  # read once: tests shrink it
     blocks = (task.generate(min(block, count - start), generator) for start in range(0, count, block))
@@ -179,10 +182,12 @@ def exhaustive_accuracy(model: TransformerBridge, *, chunk_size: int | None = No
             f"checking every question of a {n}-digit model means {total:,} questions; that is for models of "
             f"at most {EXHAUSTIVE_MAX_DIGITS} digits: use random_accuracy for a sample"
         )
-    task = AdditionTask(n)
+    views = task_for(model_config_of(model)).views()  # a mixed model: every question of each operation
     block = GENERATE_BLOCK
-    blocks = (task.every_question(start, min(start + block, total)) for start in range(0, total, block))
-    return _score_blocks(model, blocks, total, f"all {total:,} questions", chunk_size, progress)
+    blocks = (view.every_question(start, min(start + block, total)) for view in views
+              for start in range(0, total, block))
+    return _score_blocks(model, blocks, total * len(views), f"all {total * len(views):,} questions", chunk_size,
+                         progress)
 
 
 def nines(failures: int, total: int) -> float:
@@ -208,12 +213,19 @@ def accuracy_table(result: EvalResult) -> pd.DataFrame:
     batch = result.batch
     n = batch.n_digits
     groups: list[tuple[str, str, torch.Tensor]] = [("overall", "all", result.correct)]
-    for category in QuestionCategory:
-        groups.append(("category", category.label, result.correct[batch.category == int(category)]))
-    for depth in range(n):
-        groups.append(("cascade_depth", str(depth), result.correct[batch.cascade_depth == depth]))
-    for column, digit in enumerate(range(n, -1, -1)):
-        groups.append(("answer_digit", f"A{digit}", result.correct_digits[:, column]))
+    present = [key for key, index in OPERATION_IDS.items() if bool((batch.op == index).any())] or ["add"]
+    for key in present:  # a mixed model's groups are per operation, named "add: UseSum9"
+        rows = batch.op == OPERATION_IDS[key]
+        prefix = f"{key}: " if len(present) > 1 else ""
+        if len(present) > 1:
+            groups.append(("op", key, result.correct[rows]))
+        for category, label in enumerate(OPERATIONS[key].names.categories):
+            groups.append(("category", prefix + label, result.correct[rows & (batch.category == category)]))
+        for depth in range(n):
+            groups.append(("cascade_depth", prefix + str(depth), result.correct[rows & (batch.cascade_depth == depth)]))
+    names = ["sign"] * (result.correct_digits.shape[1] - n - 1) + [f"A{d}" for d in range(n, -1, -1)]
+    for column, name in enumerate(names):
+        groups.append(("answer_digit", name, result.correct_digits[:, column]))
     rows = []
     for kind, group, outcome in groups:
         questions = int(outcome.numel())
@@ -250,24 +262,25 @@ def _digit_list(flags: torch.Tensor) -> list[str]:
     return [",".join(f"D{d}" for d in range(n - 1, -1, -1) if row[d]) for row in flags.tolist()]
 
 
-PAIR_STATES = ("MakeCarry1", "MakeSum9", "neither")  # the tri-state of a digit pair (as analysis.pca names it)
+PAIR_STATES = ("MakeCarry1", "MakeSum9", "neither")  # addition's tri-state of a digit pair (as analysis.pca names it)
 NO_PAIR = "none"  # below A0 (and below A1, two pairs down) there is no digit pair
-_STATE_NAMES = (*PAIR_STATES, NO_PAIR)  # index 3 = NO_PAIR
-_STATE_PHRASES = {"MakeCarry1": "a pair summing to 10 or more", "MakeSum9": "a pair summing to 9",
-                  "neither": "a pair summing to 8 or less"}
+# Each operation's state names are its own (MakeBorrow, MakeZero for subtraction), so one map phrases them all.
+_STATE_PHRASES = {state: phrase for op in OPERATIONS.values()
+                  for state, phrase in zip(op.names.pair_states, op.names.pair_phrases)}
 PATTERN_GROUPS = ("pair d-1", "pairs d-1, d-2")
 PATTERN_MIN_RATIO = 1.5  # below this, a state's excess among the wrong digits is not worth a headline
 FAILURE_PATTERN_COLUMNS = ["answer_digit", "below", "state", "wrong_digits", "wrong_share", "base_rate", "ratio"]
 
 
 def pair_states(batch: AdditionBatch) -> torch.Tensor:
-    """The tri-state of every digit pair, [batch, n] units first, as indices into PAIR_STATES.
+    """The tri-state of every digit pair, [batch, n] units first, as indices into the operation's
+    `SubtaskNames.pair_states`.
 
-    By x_d + y_d alone, as the published work and `analysis.pca` define it: >= 10 makes a carry
-    by itself (MakeCarry1), 9 passes one on (MakeSum9), <= 8 neither. A carry coming in does not count.
+    By the pair alone, as the published work and `analysis.pca` define it: in addition x_d + y_d >= 10
+    makes a carry by itself (MakeCarry1), 9 passes one on (MakeSum9), <= 8 neither; in subtraction
+    a_d < b_d borrows (MakeBorrow), a_d == b_d passes a borrow on (MakeZero). A carry coming in does not count.
     """
-    sums = batch.base_add
-    return torch.where(sums >= 10, 0, torch.where(sums == 9, 1, 2))
+    return torch.where(batch.base_carry, 0, torch.where(batch.make_pass, 1, 2))
 
 
 def _state_below(states: torch.Tensor, digit: int, offset: int) -> torch.Tensor:
@@ -278,9 +291,10 @@ def _state_below(states: torch.Tensor, digit: int, offset: int) -> torch.Tensor:
     return states[:, pair]
 
 
-def _pairs_below(states: torch.Tensor, wrong: torch.Tensor) -> list[str]:
+def _pairs_below(states: torch.Tensor, wrong: torch.Tensor, state_names: tuple[str, ...]) -> list[str]:
     """For every row, each wrong answer digit with the two pairs below it: "A3: D2 MakeSum9, D1 MakeCarry1"."""
     n = states.shape[1]
+    wrong = wrong[:, -(n + 1):]  # a sign's column has no pair below it
     texts = []
     for pair_row, wrong_row in zip(states.tolist(), wrong.tolist()):
         parts = []
@@ -288,17 +302,18 @@ def _pairs_below(states: torch.Tensor, wrong: torch.Tensor) -> list[str]:
             if not is_wrong:
                 continue
             digit = n - column
-            below = [f"D{p} {PAIR_STATES[pair_row[p]]}" for p in (digit - 1, digit - 2) if p >= 0]
+            below = [f"D{p} {state_names[pair_row[p]]}" for p in (digit - 1, digit - 2) if p >= 0]
             parts.append(f"A{digit}: " + (", ".join(below) if below else NO_PAIR))
         texts.append("; ".join(parts))
     return texts
 
 
-def failure_table(result: EvalResult, task: AdditionTask, limit: int | None = None) -> pd.DataFrame:
+def failure_table(result: EvalResult, task: ArithmeticTask, limit: int | None = None) -> pd.DataFrame:
     """One row per wrongly answered question (the first `limit` of them).
 
     Columns [question, expected, predicted, wrong_digits, category, cascade_depth,
-    use_carry1, use_sum9, make_sum9, make_carry1, pairs_below]. The label columns list
+    use_carry1, use_sum9, make_sum9, make_carry1, pairs_below], under the names of the task's
+    operation (borrow_cascade_depth, use_borrow, use_zero, make_zero, make_borrow). The label columns list
     digits like "D3,D1" ("" for none); make_carry1 is the carry out of a digit, cascades
     included. pairs_below gives each wrong digit with the tri-state of the two pairs
     below it, e.g. "A3: D2 MakeSum9, D1 MakeCarry1; A0: none".
@@ -309,24 +324,25 @@ def failure_table(result: EvalResult, task: AdditionTask, limit: int | None = No
         raise ArithlensError(f"limit must be None or an integer >= 0, got {limit!r}")
     index = torch.nonzero(~result.correct).squeeze(1)[:limit]
     failed = result.batch.select(index)
-    names = task.answer_digit_names()
+    names = task.answer_token_names()
+    labels = task.names
     wrong = ~result.correct_digits[index]
     return pd.DataFrame({
         "question": task.questions(failed),
         "expected": task.answers(failed),
-        "predicted": ["".join(str(d) for d in row) for row in result.predicted[index].tolist()],
+        "predicted": task.decode(result.predicted[index]) if len(index) else [],
         "wrong_digits": [",".join(name for name, bad in zip(names, row) if bad) for row in wrong.tolist()],
-        "category": [QuestionCategory(c).label for c in failed.category.tolist()],
-        "cascade_depth": failed.cascade_depth.tolist(),
-        "use_carry1": _digit_list(failed.use_carry1),
-        "use_sum9": _digit_list(failed.use_sum9),
-        "make_sum9": _digit_list(failed.make_sum9),
-        "make_carry1": _digit_list(failed.make_carry1),
-        "pairs_below": _pairs_below(pair_states(failed), wrong),
+        "category": [labels.categories[c] for c in failed.category.tolist()],
+        labels.depth_key: failed.cascade_depth.tolist(),
+        labels.use_carry_key: _digit_list(failed.use_carry),
+        labels.use_pass_key: _digit_list(failed.use_pass),
+        labels.make_pass_key: _digit_list(failed.make_pass),
+        labels.make_carry_key: _digit_list(failed.make_carry),
+        "pairs_below": _pairs_below(pair_states(failed), wrong, labels.pair_states),
     })
 
 
-def failure_patterns(result: EvalResult, task: AdditionTask) -> pd.DataFrame:
+def failure_patterns(result: EvalResult, task: ArithmeticTask) -> pd.DataFrame:
     """What the wrong digits have in common: the state of the digit pairs below them, against base rates.
 
     Every wrong answer digit A_d of every question counts once, grouped by the tri-state
@@ -347,9 +363,10 @@ def failure_patterns(result: EvalResult, task: AdditionTask) -> pd.DataFrame:
     if task.n_digits != result.batch.n_digits:
         raise ArithlensError(f"the task has {task.n_digits} digits but the result has {result.batch.n_digits}")
     n = task.n_digits
-    kinds = len(_STATE_NAMES)
+    state_names = (*task.names.pair_states, NO_PAIR)  # index 3 = NO_PAIR
+    kinds = len(state_names)
     states = pair_states(result.batch)
-    wrong = ~result.correct_digits  # [batch, n+1], An .. A0
+    wrong = ~result.correct_digits[:, -(n + 1):]  # [batch, n+1], An .. A0 (a sign has no pair below)
     total = len(result)
     # per group: [n+1 digits (units first), codes] counts of wrong digits and of all questions
     counts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -375,26 +392,26 @@ def failure_patterns(result: EvalResult, task: AdditionTask) -> pd.DataFrame:
         base_rates = base_counts.double() / total  # [n+1, codes]
         weights = wrong_per_digit / wrong_total
         pooled += _pattern_rows("all", group, wrong_counts.sum(dim=0), wrong_counts.sum(dim=0).double() / wrong_total,
-                                weights @ base_rates)
+                                weights @ base_rates, state_names)
         for digit in by_digit:
             if wrong_per_digit[digit] > 0:
                 by_digit[digit] += _pattern_rows(f"A{digit}", group, wrong_counts[digit],
                                                  wrong_counts[digit].double() / wrong_per_digit[digit],
-                                                 base_rates[digit])
+                                                 base_rates[digit], state_names)
     return pd.DataFrame([*pooled, *(row for rows in by_digit.values() for row in rows)],
                         columns=FAILURE_PATTERN_COLUMNS)
 
 
-def _pattern_rows(digit: str, group: str, wrong: torch.Tensor, share: torch.Tensor,
-                  base: torch.Tensor) -> list[dict[str, str | int | float]]:
+def _pattern_rows(digit: str, group: str, wrong: torch.Tensor, share: torch.Tensor, base: torch.Tensor,
+                  state_names: tuple[str, ...]) -> list[dict[str, str | int | float]]:
     """The rows of one (answer digit, grouping): codes that occur or fail, most wrong digits first."""
-    kinds = len(_STATE_NAMES)
+    kinds = len(state_names)
     rows = []
     for code in sorted(range(len(wrong)), key=lambda c: (-int(wrong[c]), -float(base[c]))):
         if int(wrong[code]) == 0 and float(base[code]) == 0.0:
             continue
         first, second = divmod(code, kinds)
-        state = _STATE_NAMES[code] if len(wrong) == kinds else f"{_STATE_NAMES[first]}, {_STATE_NAMES[second]}"
+        state = state_names[code] if len(wrong) == kinds else f"{state_names[first]}, {state_names[second]}"
         rate = float(base[code])
         rows.append({"answer_digit": digit, "below": group, "state": state, "wrong_digits": int(wrong[code]),
                      "wrong_share": float(share[code]), "base_rate": rate,
@@ -418,7 +435,7 @@ def failure_pattern_summary(patterns: pd.DataFrame) -> str:
     if patterns.empty:
         return "No wrong digits."
     pooled = patterns[(patterns["answer_digit"] == "all") & (patterns["below"] == PATTERN_GROUPS[0])]
-    states = pooled[pooled["state"].isin(PAIR_STATES)]
+    states = pooled[pooled["state"].isin(_STATE_PHRASES)]
     excess = states["wrong_share"] - states["base_rate"]
     best = states.loc[excess.idxmax()] if len(states) else None
     if best is None or best.ratio < PATTERN_MIN_RATIO:

@@ -40,7 +40,9 @@ from typing import Any
 
 import pandas as pd
 
+from arithlens.vocabulary import canonical, localise
 from arithlens.errors import ArithlensError
+from arithlens.task import ArithmeticTask
 
 ROLES = ("BaseAdd", "MakeCarry1", "MakeSum9", "UseSum9")
 MAP_COLUMNS = ["answer_digit", "role", "node", "kind", "position", "layer", "head", "supported_by", "confidence",
@@ -90,7 +92,7 @@ def _attention_text(attention: pd.DataFrame | None, layer: int, head: int, posit
 def algorithm_map(n_digits: int, ablation: pd.DataFrame, *, patching: pd.DataFrame | None = None,
                   pca: pd.DataFrame | None = None, attention: pd.DataFrame | None = None,
                   threshold: float = 0.01, patch_threshold: float = 0.2, pca_threshold: float = 2.0,
-                  min_span: float = 1.0) -> pd.DataFrame:
+                  min_span: float = 1.0, task: ArithmeticTask | None = None) -> pd.DataFrame:
     """One row per (answer digit, role, node) claim, with its evidence.
 
     `ablation` is a `node_ablation` frame, `patching` an `activation_patching`
@@ -100,8 +102,12 @@ def algorithm_map(n_digits: int, ablation: pd.DataFrame, *, patching: pd.DataFra
     that agree, PCA included), patching_recovery, patching_net_flips (flips
     net of the unpatched baseline) and its 95% interval
     patching_net_flips_ci_low / _high, ablation_drop, pca_separation,
-    pca_silhouette, attends_to, evidence].
+    pca_silhouette, attends_to, evidence]. The input tables may use any operation's names; with
+    `task` the map uses its names (MakeBorrow, ...), otherwise the identifiers (addition's).
     """
+    ablation = canonical(ablation)
+    patching = None if patching is None else canonical(patching)
+    pca = None if pca is None else canonical(pca)
     if not 0 <= threshold < 1 or not 0 < patch_threshold <= 1:
         raise ArithlensError("threshold must lie in [0, 1) and patch_threshold in (0, 1]")
     required = {"node", "kind", "position", "layer", "head", "answer_digit", "subtask_class", "accuracy_delta"}
@@ -124,7 +130,8 @@ def algorithm_map(n_digits: int, ablation: pd.DataFrame, *, patching: pd.DataFra
         for role in roles_for(digit, n_digits):
             for node in sorted(nodes):
                 rows += _claim(name, digit, role, node, info, drops, patch_index, pca_index, attention, limits)
-    return pd.DataFrame(rows, columns=MAP_COLUMNS)
+    frame = pd.DataFrame(rows, columns=MAP_COLUMNS)
+    return frame if task is None else localise(frame, task)
 
 
 @dataclass(frozen=True)
@@ -226,7 +233,8 @@ def failed_cases(accuracy: pd.DataFrame, *, min_accuracy: float = 0.99, min_ques
         raise ArithlensError(f"accuracy needs columns {sorted(needed)}")
     picked = accuracy[((accuracy["source"] == "random") & (accuracy["group_kind"] != "overall"))
                       | ((accuracy["source"] != "random") & (accuracy["group_kind"] == "overall"))].copy()
-    depth_sets = accuracy[accuracy["source"].str.match(r"^cascade_depth_\d+$") & (accuracy["group_kind"] == "overall")]
+    depth_sets = accuracy[accuracy["source"].str.match(r"^(?:borrow_)?cascade_depth_\d+$")
+                          & (accuracy["group_kind"] == "overall")]
     depths = sorted(int(s.rsplit("_", 1)[1]) for s in depth_sets["source"])
     pooled = []
     for k in depths[:-1]:  # the deepest set alone is already listed as itself

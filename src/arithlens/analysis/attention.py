@@ -17,9 +17,10 @@ from arithlens.analysis.accuracy import check_batch
 from arithlens.analysis.attribution import cached_chunks
 from arithlens.errors import ArithlensError
 from arithlens.model import model_config_of
-from arithlens.task import AdditionBatch, AdditionTask, QuestionCategory
+from arithlens.vocabulary import localise
+from arithlens.task import AdditionBatch, ArithmeticTask, QuestionCategory, task_for, task_for_batch
 
-CATEGORIES = ("all", *(c.label for c in QuestionCategory))
+CATEGORIES = ("all", *(c.label for c in QuestionCategory))  # identifiers; tables name each operation's own
 
 
 def attention_patterns(model: TransformerBridge, batch: AdditionBatch, *, chunk_size: int = 1024,
@@ -53,14 +54,16 @@ def _pattern_rows(mean: torch.Tensor, names: list[str], **columns: object) -> li
 
 def mean_attention_by_class(model: TransformerBridge, batch: AdditionBatch, *, chunk_size: int = 1024,
                             cache: ActivationCache | None = None) -> pd.DataFrame:
-    """Mean attention per question category (all, BaseAdd, UseCarry1, UseSum9), every head.
+    """Mean attention per question category (all, BaseAdd, UseCarry1, UseSum9; for subtraction all,
+    BaseDiff, UseBorrow, BorrowCascade), every head.
 
     Columns [category, questions, layer, head, query_pos, query_name, key_pos,
     key_name, weight]; only causal entries (key_pos <= query_pos). A category
     with no questions in `batch` is left out.
     """
-    n = check_batch(model, batch)
-    names = AdditionTask(n).position_names()
+    check_batch(model, batch)
+    task = task_for_batch(model_config_of(model), batch)
+    names = task.position_names()
     totals: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(CATEGORIES, 0)
     for part, part_cache in cached_chunks(model, batch, chunk_size, ("attn.hook_pattern",), cache):
@@ -77,10 +80,10 @@ def mean_attention_by_class(model: TransformerBridge, batch: AdditionBatch, *, c
         if counts[label]:
             rows += _pattern_rows((totals[label] / counts[label]).float(), names, category=label,
                                   questions=counts[label])
-    return pd.DataFrame(rows)
+    return localise(pd.DataFrame(rows), task)
 
 
-def attention_examples(model: TransformerBridge, task: AdditionTask, *, per_class: int = 2, seed: int = 0,
+def attention_examples(model: TransformerBridge, task: ArithmeticTask, *, per_class: int = 2, seed: int = 0,
                        questions: list[str] | None = None) -> pd.DataFrame:
     """Attention patterns of a few questions: `per_class` of each category, or the given `questions`.
 
@@ -88,9 +91,10 @@ def attention_examples(model: TransformerBridge, task: AdditionTask, *, per_clas
     (with sum-9 enrichment so UseSum9 cases exist). Columns [example, question,
     category, layer, head, query_pos, query_name, key_pos, key_name, weight].
     """
-    if model_config_of(model).n_digits != task.n_digits:
-        raise ArithlensError(f"the model adds {model_config_of(model).n_digits}-digit numbers but the task has "
-                             f"{task.n_digits}; use AdditionTask({model_config_of(model).n_digits})")
+    own = task_for(model_config_of(model))
+    if own.n_digits != task.n_digits or own.seq_len != task.seq_len or not set(task.operations) <= set(own.operations):
+        raise ArithlensError(f"the task ({task!r}) does not suit the model: {own.describe_format()}; "
+                             f"use arithlens.task_for(model.arithlens_config) or one of its views()")
     if questions is not None:
         batch = task.batch_from_tokens(task.encode(questions))
     else:
@@ -106,7 +110,7 @@ def attention_examples(model: TransformerBridge, task: AdditionTask, *, per_clas
     for example in range(len(batch)):
         rows += _pattern_rows(patterns[example], names, example=example, question=texts[example],
                               category=QuestionCategory(int(batch.category[example])).label)
-    return pd.DataFrame(rows)
+    return localise(pd.DataFrame(rows), task_for_batch(model_config_of(model), batch))
 
 
 def top_attended(mean_attention: pd.DataFrame, *, category: str = "all", top_k: int = 2,
@@ -126,7 +130,7 @@ def top_attended(mean_attention: pd.DataFrame, *, category: str = "all", top_k: 
     return top.sort_values(["layer", "head", "query_pos", "rank"])[columns].reset_index(drop=True)
 
 
-def circuitsvis_html(model: TransformerBridge, task: AdditionTask, question: str, *, layer: int = 0) -> str:
+def circuitsvis_html(model: TransformerBridge, task: ArithmeticTask, question: str, *, layer: int = 0) -> str:
     """A self-contained CircuitsVis attention view of one question (needs `pip install circuitsvis`).
 
     Uses `local_src`, which inlines the viewer, because the default HTML loads

@@ -26,7 +26,10 @@ attends to: pattern[q, k] * (v[k] @ W_O), which sums over k to the head's result
 
 Answer digit classes (as in the training metrics): for A_d with d < n,
 BA = no carry into d, UC1 = carry in and x_d + y_d != 9, US9 = carry in and
-x_d + y_d == 9; A_n only has "all".
+x_d + y_d == 9; A_n only has "all". Subtraction's are BD, UB and UZ (no borrow in;
+a borrow into an unequal pair; a borrow into an equal pair, which passes it on); the
+tables name them so (`vocabulary.localise`). A sign token is not analysed here: these
+tables cover the answer digits.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from arithlens.analysis.accuracy import check_batch, check_chunk_size
 from arithlens.analysis.naming import node_name
 from arithlens.errors import ArithlensError
 from arithlens.model import model_config_of
-from arithlens.task import AdditionBatch, AdditionTask
+from arithlens.vocabulary import canonical_name, localise
+from arithlens.task import AdditionBatch, task_for_batch
 
 DIGIT_CLASSES = ("all", "BA", "UC1", "US9")
 
@@ -54,16 +58,16 @@ def digit_class_masks(batch: AdditionBatch, digit: int) -> dict[str, torch.Tenso
         raise ArithlensError(f"answer digit must be 0..{n}, got {digit}")
     masks = {"all": torch.ones(len(batch), dtype=torch.bool, device=batch.tokens.device)}
     if digit < n:
-        carry_in = batch.use_carry1[:, digit]
+        carry_in = batch.use_carry[:, digit]
         masks["BA"] = ~carry_in
-        masks["UC1"] = carry_in & ~batch.make_sum9[:, digit]
-        masks["US9"] = batch.use_sum9[:, digit]
+        masks["UC1"] = carry_in & ~batch.make_pass[:, digit]
+        masks["US9"] = batch.use_pass[:, digit]
     return masks
 
 
 def answer_targets(batch: AdditionBatch) -> torch.Tensor:
-    """The correct answer tokens [batch, n+1], An .. A0 (the order of the logit positions)."""
-    return batch.tokens[:, 2 * batch.n_digits + 2 :]
+    """The correct answer digits [batch, n+1], An .. A0 (the order of the digit logit positions; a sign is left out)."""
+    return batch.tokens[:, -(batch.n_digits + 1) :]
 
 
 def chunks(batch: AdditionBatch, chunk_size: int) -> Iterator[AdditionBatch]:
@@ -173,8 +177,8 @@ def logit_lens_logits(model: TransformerBridge, batch: AdditionBatch, *, chunk_s
     Returns ([stage, batch, n+1, d_vocab], stage labels); the last stage,
     `final_post`, equals the model's logits.
     """
-    n = check_batch(model, batch)
-    positions = AdditionTask(n).answer_logit_positions
+    check_batch(model, batch)
+    positions = task_for_batch(model_config_of(model), batch).digit_logit_positions
     parts: list[torch.Tensor] = []
     labels: list[str] = []
     hooks = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_scale")
@@ -205,7 +209,7 @@ def logit_lens(model: TransformerBridge, batch: AdditionBatch, *, chunk_size: in
     stats = torch.stack([correct.double(), (correct - wrong).double(), hit, loss], dim=-1)  # [stage, batch, n+1, 4]
     accumulator = _Accumulator()
     accumulator.add(stats.permute(1, 2, 0, 3), batch.to("cpu"), n)  # values [batch, n+1, stage, 4]
-    task = AdditionTask(n)
+    task = task_for_batch(model_config_of(model), batch)
     rows = []
     for digit, name, count, mean in accumulator.means():
         for stage_index, stage in enumerate(labels):
@@ -215,7 +219,7 @@ def logit_lens(model: TransformerBridge, batch: AdditionBatch, *, chunk_size: in
                 "subtask_class": name, "stage_index": stage_index, "stage": stage, "questions": count,
                 "correct_logit": values[0], "logit_diff": values[1], "accuracy": values[2], "loss": values[3],
             })
-    return _sorted(pd.DataFrame(rows), ["answer_digit", "subtask_class", "stage_index"], n)
+    return localise(_sorted(pd.DataFrame(rows), ["answer_digit", "subtask_class", "stage_index"], n), task)
 
 
 def _component_meta(label: str, position: int) -> dict[str, object]:
@@ -255,7 +259,8 @@ def direct_logit_attribution(model: TransformerBridge, batch: AdditionBatch, *, 
     position that predicts the digit (e.g. P16L0H1 for A0 with 5 digits).
     """
     n = check_batch(model, batch)
-    positions = AdditionTask(n).answer_logit_positions
+    task = task_for_batch(model_config_of(model), batch)
+    positions = task.digit_logit_positions
     device = model.W_U.device
     accumulator = _Accumulator()
     labels: list[str] = []
@@ -272,7 +277,6 @@ def direct_logit_attribution(model: TransformerBridge, batch: AdditionBatch, *, 
             attrs = torch.cat([attrs, constant[None]], dim=0)
             accumulator.add(attrs.permute(1, 2, 0, 3), part.to("cpu"), n)  # [chunk, n+1, comp, 2]
     labels = [*labels, "unembed_bias"]
-    task = AdditionTask(n)
     rows = []
     for digit, name, count, mean in accumulator.means():
         position = task.logit_position_for_answer_digit(digit)
@@ -282,7 +286,7 @@ def direct_logit_attribution(model: TransformerBridge, batch: AdditionBatch, *, 
                 **_component_meta(label, position), "questions": count,
                 "logit_attr": float(mean[index, 0]), "logit_diff_attr": float(mean[index, 1]),
             })
-    return _sorted(pd.DataFrame(rows), ["answer_digit", "subtask_class"], n)
+    return localise(_sorted(pd.DataFrame(rows), ["answer_digit", "subtask_class"], n), task)
 
 
 def head_source_attribution(model: TransformerBridge, batch: AdditionBatch, *, chunk_size: int = 512,
@@ -295,8 +299,8 @@ def head_source_attribution(model: TransformerBridge, batch: AdditionBatch, *, c
     """
     n = check_batch(model, batch)
     config = model_config_of(model)
-    task = AdditionTask(n)
-    positions = task.answer_logit_positions
+    task = task_for_batch(config, batch)
+    positions = task.digit_logit_positions
     device = model.W_U.device
     accumulator = _Accumulator()
     normed = _has_final_norm(model)
@@ -338,7 +342,7 @@ def head_source_attribution(model: TransformerBridge, batch: AdditionBatch, *, c
                     "source_name": names[source], "questions": count,
                     "logit_attr": float(mean[index, source, 0]), "logit_diff_attr": float(mean[index, source, 1]),
                 })
-    return _sorted(pd.DataFrame(rows), ["answer_digit", "subtask_class"], n)
+    return localise(_sorted(pd.DataFrame(rows), ["answer_digit", "subtask_class"], n), task)
 
 
 def _sorted(frame: pd.DataFrame, keys: list[str], n: int) -> pd.DataFrame:
@@ -347,7 +351,7 @@ def _sorted(frame: pd.DataFrame, keys: list[str], n: int) -> pd.DataFrame:
         return frame
     order = {f"A{d}": n - d for d in range(n + 1)}
     frame = frame.assign(_digit=frame["answer_digit"].map(order),
-                         _class=frame["subtask_class"].map({c: i for i, c in enumerate(DIGIT_CLASSES)}),
+                         _class=frame["subtask_class"].map(lambda c: DIGIT_CLASSES.index(canonical_name(c))),
                          _row=range(len(frame)))
     sort_keys = ["_digit", "_class"] + [k for k in keys if k not in ("answer_digit", "subtask_class")] + ["_row"]
     return frame.sort_values(sort_keys).drop(columns=["_digit", "_class", "_row"]).reset_index(drop=True)

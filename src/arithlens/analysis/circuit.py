@@ -77,9 +77,9 @@ from arithlens.analysis.naming import node_name, parse_node_name
 from arithlens.analysis.reference import Reference, resolve_reference
 from arithlens.config import ModelConfig
 from arithlens.errors import ArithlensError
-from arithlens.model import model_config_of, predicted_digits
+from arithlens.model import model_config_of, predicted_answer
 from arithlens.scoring import cpu_workers
-from arithlens.task import AdditionBatch
+from arithlens.task import AdditionBatch, task_for
 
 ALL = "all"
 REDUNDANT_THRESHOLD = 0.02
@@ -109,15 +109,18 @@ class NodeSpace:
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         self.n = config.n_digits
-        self.first_answer = 2 * self.n + 1  # the position whose logits predict An
-        self.kv_len = 3 * self.n + 2  # later positions predict nothing
+        task = task_for(config)
+        self.first_answer = 2 * self.n + 1  # the position whose logits predict the first answer token
+        self.kv_len = config.n_ctx - 1  # later positions predict nothing
+        self.answer_rows = self.kv_len - self.first_answer  # n+1 digits, and a sign first in signed formats
+        self.allowed = task.answer_allowed()  # [rows, d_vocab]: what each row may predict
         self.last = config.n_layers - 1
         self.nodes: list[Node] = [(p, layer, head) for p in range(config.n_ctx) for layer in range(config.n_layers)
                                   for head in [*range(config.n_heads), None]]
         self.names = [node_name(*node) for node in self.nodes]
         self.index = {name: i for i, name in enumerate(self.names)}
         self.every = frozenset(range(len(self.nodes)))
-        self.labels = [f"A{self.n - r}" for r in range(self.n + 1)] + [ALL]
+        self.labels = [*task.answer_token_names(), ALL]
 
     def parse(self, nodes: str | Iterable[str]) -> frozenset[int]:
         """The indexes of user-given node names (a list, or one comma-separated string), checked against the model."""
@@ -146,15 +149,19 @@ class NodeSpace:
             return 0, 0
         if layer == self.last:
             return position - self.first_answer, position - self.first_answer + 1
-        return max(position - self.first_answer, 0), self.n + 1
+        return max(position - self.first_answer, 0), self.answer_rows
+
+    def is_whole(self, column: int) -> bool:
+        """Whether a column is the whole answer's ("all")."""
+        return column >= self.answer_rows
 
     def reaches(self, i: int, column: int) -> bool:
         start, stop = self.reach(i)
-        return start < stop and (column > self.n or start <= column < stop)
+        return start < stop and (self.is_whole(column) or start <= column < stop)
 
     def rows(self, column: int) -> tuple[int, int]:
         """The answer rows a column's score reads: one digit's, or all of them."""
-        return (0, self.n + 1) if column > self.n else (column, column + 1)
+        return (0, self.answer_rows) if self.is_whole(column) else (column, column + 1)
 
     def masks(self, keep: frozenset[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep masks: heads [layer, position, head] and MLPs [layer, position], for positions < kv_len."""
@@ -181,12 +188,16 @@ def check_circuit_nodes(model: TransformerBridge, nodes: str | Iterable[str]) ->
     return [space.names[i] for i in sorted(space.parse(nodes))]
 
 
-def logit_margins(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-    """The correct digit's logit minus the largest other digit logit: [..., n+1] float64 for logits [..., n+1, vocab]
-    and answers [..., n+1]."""
-    digits = logits[..., :10].double()  # the answer is always a digit; `+` and `=` never compete
-    correct = digits.gather(-1, answers[..., None]).squeeze(-1)
-    others = digits.scatter(-1, answers[..., None], float("-inf")).amax(dim=-1)
+def logit_margins(logits: torch.Tensor, answers: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """The correct token's logit minus the largest other allowed token's: [..., rows] float64 for logits
+    [..., rows, vocab] and answers [..., rows]. `allowed` [rows, vocab] (`ArithmeticTask.answer_allowed`)
+    says what competes: digits, or + and - at a sign; by default the digits 0-9 (`+` and `=` never compete)."""
+    if allowed is None:
+        scores = logits[..., :10].double()
+    else:
+        scores = logits.double().masked_fill(~allowed.to(logits.device), float("-inf"))
+    correct = scores.gather(-1, answers[..., None]).squeeze(-1)
+    others = scores.scatter(-1, answers[..., None], float("-inf")).amax(dim=-1)
     return correct - others
 
 
@@ -194,11 +205,13 @@ def logit_margins(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
 _Sums = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # margin sums and correct counts [rows], whole-answer count
 
 
-def _sums(logits: torch.Tensor, answers: torch.Tensor, span: tuple[int, int]) -> _Sums:
+def _sums(logits: torch.Tensor, answers: torch.Tensor, span: tuple[int, int], allowed: torch.Tensor) -> _Sums:
     """Sums over questions of the logit margin and correctness at answer rows span[0]..span[1]-1, on the CPU."""
     logits, answers = logits[:, span[0] : span[1]], answers[:, span[0] : span[1]]  # only the rows a job knows
-    right = predicted_digits(logits) == answers
-    return logit_margins(logits, answers).sum(0).cpu(), right.sum(0).cpu().double(), right.all(dim=1).sum().cpu()
+    allowed = allowed[span[0] : span[1]]
+    right = predicted_answer(logits, allowed) == answers
+    return (logit_margins(logits, answers, allowed).sum(0).cpu(), right.sum(0).cpu().double(),
+            right.all(dim=1).sum().cpu())
 
 
 @dataclass(frozen=True)
@@ -241,7 +254,7 @@ class _Evaluator:
         self._brute: tuple[list, list, list] | None = None
 
     def run(self, jobs: list[_Job]) -> _Scores:
-        count, rows = len(jobs), self.space.n + 1
+        count, rows = len(jobs), self.space.answer_rows
         spans: list[tuple[int, int]] = []  # the rows each job knows: its own and its base's (contiguous)
         for job in jobs:
             start, stop = job.rows
@@ -263,7 +276,7 @@ class _Evaluator:
 
     def _brute_sums(self, jobs: list[_Job], spans: list[tuple[int, int]]) -> Iterable[list[_Sums]]:
         """Every job's sums over all the questions, each from one hooked bridge pass per chunk."""
-        answers = self.batch.tokens[:, 2 * self.space.n + 2 :]
+        answers = self.batch.tokens[:, 2 * self.space.n + 2 :]  # the answer tokens, a sign first where there is one
         sites, indexes, values = self._brute_sites()
         sums = []
         for job, span in zip(jobs, spans):
@@ -271,7 +284,7 @@ class _Evaluator:
             logits = hooked_answer_logits(self.model, self.batch, [sites[i] for i in ablated],
                                            [indexes[i] for i in ablated], [values[i] for i in ablated],
                                            False, self.chunk_size)
-            sums.append(_sums(logits, answers, span))
+            sums.append(_sums(logits, answers, span, self.space.allowed))
         yield sums
 
     def _fast_sums(self, jobs: list[_Job], spans: list[tuple[int, int]]) -> Iterable[list[_Sums]]:
@@ -301,7 +314,7 @@ class _Evaluator:
                         logits[:, start:stop] = done[key]
                     if j in bases:
                         kept[j] = logits
-                    sums.append(_sums(logits, tokens[:, 2 * n + 2 :], spans[j]))
+                    sums.append(_sums(logits, tokens[:, 2 * n + 2 :], spans[j], self.space.allowed))
                 return sums
 
         workers = torch.get_num_threads() if device.type == "cpu" else 1
@@ -356,7 +369,7 @@ def _score_sets(evaluator: _Evaluator, sets: dict[int, frozenset[int]], *, thres
                 curve: bool) -> dict[str, pd.DataFrame]:
     """Every score of each column's node set (column -> kept nodes), as the frames `map_circuit` documents."""
     space = evaluator.space
-    every, full_rows = space.every, (0, space.n + 1)
+    every, full_rows = space.every, (0, space.answer_rows)
     first = _Plan([])
     full, empty = first.add(every, full_rows), first.add(frozenset(), full_rows)
     reaching = [i for i in range(len(space.nodes)) if space.reach(i)[0] < space.reach(i)[1]]
@@ -371,8 +384,9 @@ def _score_sets(evaluator: _Evaluator, sets: dict[int, frozenset[int]], *, thres
         mine = [i for i in sorted(keep) if space.reaches(i, column)]
         if minimality:
             # For the whole answer only the rows a node reaches change without it; the rest come from C's own job.
-            entry["without"] = {i: second.add(keep - {i}, space.reach(i) if column > space.n else rows,
-                                              entry["kept"] if column > space.n else None) for i in mine}
+            whole = space.is_whole(column)
+            entry["without"] = {i: second.add(keep - {i}, space.reach(i) if whole else rows,
+                                              entry["kept"] if whole else None) for i in mine}
         if curve:
             candidates = [i for i in reaching if space.reaches(i, column)]
             importance = {i: float(base_scores.m[full, column] - base_scores.m[single[i], column]) for i in candidates}
@@ -381,10 +395,10 @@ def _score_sets(evaluator: _Evaluator, sets: dict[int, frozenset[int]], *, thres
             for k in _curve_counts(len(order)):
                 added = order[points[-1][0] if points else 0 : k]
                 change = rows
-                if previous is not None and column > space.n:  # the whole answer: recompute what the new nodes reach
+                if previous is not None and space.is_whole(column):  # the whole answer: recompute what the new nodes reach
                     reach = [space.reach(i) for i in added]
                     change = (min(r[0] for r in reach), max(r[1] for r in reach)) if reach else (0, 0)
-                previous = second.add(frozenset(order[:k]), change, previous if column > space.n else None)
+                previous = second.add(frozenset(order[:k]), change, previous if space.is_whole(column) else None)
                 points.append((k, previous, added))
             entry["curve"] = (order, points)
         planned[column] = entry
@@ -509,13 +523,15 @@ def minimality(model: TransformerBridge, batch: AdditionBatch, nodes: str | Iter
     return _score_sets(evaluator, sets, threshold=threshold, minimality=True, curve=False)["circuit_minimality"]
 
 
-def map_node_sets(algorithm_map: pd.DataFrame, n_digits: int) -> dict[str, list[str]]:
+def map_node_sets(algorithm_map: pd.DataFrame, n_digits: int, signed: bool = False) -> dict[str, list[str]]:
     """The algorithm map's nodes per answer digit (An .. A0, each with its rows' nodes) and their union ("all")."""
     if not {"answer_digit", "node"} <= set(algorithm_map.columns):
         raise ArithlensError("algorithm_map must be an algorithm_map table (columns answer_digit and node)")
     sets = {f"A{d}": sorted(set(algorithm_map.loc[algorithm_map["answer_digit"] == f"A{d}", "node"]))
             for d in range(n_digits, -1, -1)}
     sets[ALL] = sorted(set(algorithm_map["node"]))
+    if signed:  # the map claims no sign node: a signed answer's sign is scored with the whole map
+        sets["sign"] = sets[ALL]
     return sets
 
 
@@ -537,7 +553,8 @@ def map_circuit(model: TransformerBridge, batch: AdditionBatch, algorithm_map: p
     """
     _check_threshold(threshold)
     evaluator = _Evaluator(model, batch, reference, fast, chunk_size)
-    named = map_node_sets(algorithm_map, evaluator.space.n)
+    space = evaluator.space
+    named = map_node_sets(algorithm_map, space.n, signed=space.answer_rows > space.n + 1)
     sets = {column: evaluator.space.parse(named[label]) for column, label in enumerate(evaluator.space.labels)}
     return _score_sets(evaluator, sets, threshold=threshold, minimality=True, curve=True)
 

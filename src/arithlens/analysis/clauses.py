@@ -224,6 +224,9 @@ def evaluate_clauses(model: TransformerBridge, clauses: Hypotheses | Sequence[Cl
     if not isinstance(pairs, int) or isinstance(pairs, bool) or pairs < 1:
         raise ArithlensError(f"pairs must be an integer >= 1, got {pairs!r}")
     config = model_config_of(model)
+    if config.op != "add":
+        raise ArithlensError(f"hypothesis clauses are written in addition's sub-tasks and token layout, and this is "
+                             f"a {config.op} model; test it with `arithlens circuit` and the analysis's patching")
     task = AdditionTask(config.n_digits)
     hypotheses = clauses if isinstance(clauses, Hypotheses) else Hypotheses(tuple(clauses))
     resolved = resolve_clauses(hypotheses, config)

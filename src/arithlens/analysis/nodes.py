@@ -25,7 +25,7 @@ from arithlens.analysis.naming import node_name, parse_node_name
 from arithlens.analysis.reference import Reference
 from arithlens.errors import ArithlensError
 from arithlens.model import model_config_of
-from arithlens.task import AdditionBatch, AdditionTask
+from arithlens.task import AdditionBatch, task_for
 
 __all__ = ["Node", "node_name", "nodes_table", "parse_node_name", "useful_nodes", "useful_positions"]
 
@@ -61,11 +61,16 @@ def _breaks(effects: pd.DataFrame, threshold: float) -> tuple[tuple[str, ...], t
     """(impacted digits, failing sub-task classes, failure rate) from one ablation's effects rows."""
     digits = effects[effects["answer_digit"] != "all"]
     broken = digits[digits["accuracy_delta"] < -threshold]  # NaN (empty class) compares False
-    order = sorted(set(broken["answer_digit"]), key=lambda name: -int(name[1:]))  # An first, as answers read
+    order = sorted(set(broken["answer_digit"]), key=_answer_order)  # the sign, then An first, as answers read
     failing = tuple(f"{row.answer_digit}.{row.subtask_class}" for row in broken.itertuples()
                     if row.subtask_class != "all")
     drops = -digits.loc[digits["subtask_class"] == "all", "accuracy_delta"]
     return tuple(order), failing, max(0.0, float(drops.max()))  # 0.0 first: max(-0.0, 0.0) is -0.0
+
+
+def _answer_order(name: str) -> int:
+    """Sort key of an answer token name: "sign" first, then An .. A0."""
+    return -1_000 if name == "sign" else -int(name[1:])
 
 
 def useful_positions(model: TransformerBridge, batch: AdditionBatch, *, threshold: float = 0.01,
@@ -110,7 +115,7 @@ def useful_nodes(model: TransformerBridge, batch: AdditionBatch, *, threshold: f
     _check_threshold(threshold)
     if ablation is None:
         ablation = node_ablation(model, batch, method="mean", reference=reference)
-    names = AdditionTask(model_config_of(model).n_digits).position_names()
+    names = task_for(model_config_of(model)).position_names()
     pattern = None
     nodes = []
     for name, effects in ablation.groupby("node", sort=False):

@@ -28,7 +28,7 @@ from arithlens.analysis.naming import node_name, parse_node_name
 from arithlens.errors import ArithlensError
 from arithlens.inference import greedy_answers
 from arithlens.model import model_config_of
-from arithlens.task import EQUALS_TOKEN, PLUS_TOKEN, AdditionTask
+from arithlens.task import EQUALS_TOKEN, ArithmeticTask, task_for
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class PairPatch:
                 f"{self.verdict})")
 
 
-def _question_tokens(task: AdditionTask, question: str | torch.Tensor) -> torch.Tensor:
+def _question_tokens(task: ArithmeticTask, question: str | torch.Tensor) -> torch.Tensor:
     """Question tokens [1, 2n+2] from "12345+67890=" or from tokens [pos] / [1, pos] (answers dropped)."""
     if isinstance(question, str):
         return task.encode([question])[:, : task.question_len]
@@ -78,14 +78,13 @@ def _question_tokens(task: AdditionTask, question: str | torch.Tensor) -> torch.
                              f"{task.question_len}], got shape {tuple(question.shape)}")
     tokens = tokens[:, : task.question_len].long().cpu()
     n = task.n_digits
-    if int(tokens[0, n]) != PLUS_TOKEN or int(tokens[0, 2 * n + 1]) != EQUALS_TOKEN:
-        raise ArithlensError(f"malformed question tokens {tokens[0].tolist()}: "
-                             f"expected {n} digits, '+', {n} digits, '='")
+    if int(tokens[0, n]) not in {op.token for op in task.operations} or int(tokens[0, 2 * n + 1]) != EQUALS_TOKEN:
+        raise ArithlensError(f"malformed question tokens {tokens[0].tolist()}: {task.describe_format()}")
     task.batch_from_tokens(tokens)  # a clear error for non-digit operands
     return tokens
 
 
-def _check_node(node: str, model: TransformerBridge, task: AdditionTask) -> tuple[int, int, int | None]:
+def _check_node(node: str, model: TransformerBridge, task: ArithmeticTask) -> tuple[int, int, int | None]:
     position, layer, head = parse_node_name(node)
     config = model_config_of(model)
     if layer >= config.n_layers:
@@ -105,7 +104,7 @@ def patch_pair(model: TransformerBridge, clean: str | torch.Tensor, corrupt: str
     are ignored); `node` is like "P13L0H1" or "P14L0M". Patching direction as in TransformerLens:
     corrupted run, clean activation.
     """
-    task = AdditionTask(model_config_of(model).n_digits)
+    task = task_for(model_config_of(model))
     position, layer, head = _check_node(node, model, task)
     clean_tokens, corrupt_tokens = _question_tokens(task, clean), _question_tokens(task, corrupt)
     clean_answer = greedy_answers(model, clean_tokens)
@@ -113,7 +112,7 @@ def patch_pair(model: TransformerBridge, clean: str | torch.Tensor, corrupt: str
 
     hook_name = f"blocks.{layer}.hook_mlp_out" if head is None else f"blocks.{layer}.attn.hook_z"
     device = next(model.parameters()).device
-    clean_run = torch.cat([clean_tokens, clean_answer], dim=1).to(device)  # [1, 3n+3]
+    clean_run = torch.cat([clean_tokens, clean_answer], dim=1).to(device)  # [1, seq_len]
     with torch.no_grad():
         _, cache = model.run_with_cache(clean_run, names_filter=hook_name)
     source = cache[hook_name][:, position]  # [1, d_model] for an MLP, [1, head, d_head] for heads
@@ -130,8 +129,8 @@ def patch_pair(model: TransformerBridge, clean: str | torch.Tensor, corrupt: str
     with model.hooks(fwd_hooks=[(hook_name, write_clean)]):
         patched_answer = greedy_answers(model, corrupt_tokens)
 
-    def digits(answer: torch.Tensor) -> str:
-        return "".join(str(d) for d in answer[0].tolist())
+    def digits(answer: torch.Tensor) -> str:  # the answer as written: "080235", or "-055545" with a sign
+        return task.decode(answer)[0]
 
     clean_text, corrupt_text = task.decode(clean_tokens)[0], task.decode(corrupt_tokens)[0]
     return PairPatch(node=node_name(position, layer, head), clean_question=clean_text, corrupt_question=corrupt_text,

@@ -39,6 +39,10 @@ the patch changes. With `DEFAULT_PAIRS` (200) pairs per kind a flip rate's
 interval reaches at most about +-0.07 and a net rate's +-0.14 (when every
 pair changes, half each way; far less when few do), narrow enough to tell a
 flip rate of 54% from a baseline of 46% when the patch is what flips them.
+
+Subtraction has the same four kinds on its own sub-tasks (`subtraction_pairs`), and the
+tables name them BaseDiff, MakeBorrow, MakeZero and UseZero. A mixed model is patched one
+operation at a time: pass `task=` one of `task_for(config).views()`.
 """
 
 from __future__ import annotations
@@ -58,7 +62,9 @@ from arithlens.analysis.accuracy import check_batch
 from arithlens.analysis.naming import node_name, parse_node_name
 from arithlens.errors import ArithlensError
 from arithlens.model import model_config_of
-from arithlens.task import AdditionBatch, AdditionTask
+from arithlens.analysis.subtraction_pairs import make_subtraction_pairs, subtraction_pair_kinds
+from arithlens.vocabulary import canonical_name, localise
+from arithlens.task import AdditionBatch, ArithmeticTask, task_for
 
 PAIR_KINDS = ("BaseAdd", "MakeCarry1", "MakeSum9", "UseSum9")
 DEFAULT_PAIRS = 200
@@ -79,8 +85,10 @@ class PatchPairs:
         return len(self.clean)
 
 
-def pair_kinds(n_digits: int) -> list[tuple[str, int]]:
-    """Every (kind, answer digit) pair set that exists for `n_digits`."""
+def pair_kinds(n_digits: int, task: ArithmeticTask | None = None) -> list[tuple[str, int]]:
+    """Every (kind, answer digit) pair set that exists for `n_digits` (addition, unless `task` says otherwise)."""
+    if task is not None and task.operation.key == "sub":
+        return subtraction_pair_kinds(n_digits, PAIR_KINDS)
     kinds = []
     for digit in range(n_digits, -1, -1):
         for kind in PAIR_KINDS:
@@ -101,18 +109,26 @@ def _random_sums(count: int, low: int, high: int, generator: torch.Generator) ->
     return torch.randint(low, high + 1, (count,), generator=generator)
 
 
-def make_patch_pairs(task: AdditionTask, kind: str, answer_digit: int, count: int = DEFAULT_PAIRS,
+def make_patch_pairs(task: ArithmeticTask, kind: str, answer_digit: int, count: int = DEFAULT_PAIRS,
                      seed: int = 0) -> PatchPairs:
-    """`count` seeded pairs of one kind for answer digit A`answer_digit` (see the module docstring)."""
+    """`count` seeded pairs of one kind for answer digit A`answer_digit` (see the module docstring).
+
+    `kind` is a role in the task's names or its identifier (MakeBorrow or MakeCarry1 for subtraction).
+    """
     n = task.n_digits
+    kind = canonical_name(kind)
     if kind not in PAIR_KINDS:
         raise ArithlensError(f"unknown pair kind {kind!r}; use one of {', '.join(PAIR_KINDS)}")
-    if (kind, answer_digit) not in pair_kinds(n):
-        valid = sorted({d for k, d in pair_kinds(n) if k == kind})
+    valid_kinds = pair_kinds(n, task)
+    if (kind, answer_digit) not in valid_kinds:
+        valid = sorted({d for k, d in valid_kinds if k == kind})
         raise ArithlensError(f"{kind} pairs for {n} digits exist for answer digits {valid}, not {answer_digit}")
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ArithlensError(f"count must be an integer >= 1, got {count!r}")
     generator = torch.Generator().manual_seed(seed * 1009 + answer_digit * 31 + PAIR_KINDS.index(kind))
+    if task.operation.key == "sub":
+        clean, corrupted = make_subtraction_pairs(task, kind, answer_digit, count, generator)
+        return _checked_pairs(task, kind, answer_digit, clean, corrupted)
     x = torch.randint(0, 10, (count, n), generator=generator)  # units first
     y = torch.randint(0, 10, (count, n), generator=generator)
     d = answer_digit
@@ -139,12 +155,17 @@ def make_patch_pairs(task: AdditionTask, kind: str, answer_digit: int, count: in
         set_sums(x, y, d - 2, _random_sums(count, 10, 18, generator))
         x2, y2 = x.clone(), y.clone()
         set_sums(x2, y2, d - 2, _random_sums(count, 0, 8, generator))
-    clean, corrupted = task.batch_from_digits(x, y), task.batch_from_digits(x2, y2)
-    column = n - d  # answer tokens run An .. A0
-    differs = clean.tokens[:, 2 * n + 2 + column] != corrupted.tokens[:, 2 * n + 2 + column]
-    if not bool(differs.all()):
-        raise AssertionError(f"{kind} pairs for A{d} do not all change A{d}")  # a construction bug, not bad input
-    return PatchPairs(kind=kind, answer_digit=d, clean=clean, corrupted=corrupted)
+    return _checked_pairs(task, kind, d, task.batch_from_digits(x, y), task.batch_from_digits(x2, y2))
+
+
+def _checked_pairs(task: ArithmeticTask, kind: str, digit: int, clean: AdditionBatch,
+                   corrupted: AdditionBatch) -> PatchPairs:
+    column = task.seq_len - 1 - digit  # the token of A_digit
+    differs = clean.tokens[:, column] != corrupted.tokens[:, column]
+    same_sign = clean.negative == corrupted.negative
+    if not bool(differs.all()) or not bool(same_sign.all()):
+        raise AssertionError(f"{kind} pairs for A{digit} do not all change A{digit} alone")  # a construction bug
+    return PatchPairs(kind=kind, answer_digit=digit, clean=clean, corrupted=corrupted)
 
 
 def wilson_interval(successes: torch.Tensor, trials: torch.Tensor | float, z: float = Z95
@@ -261,12 +282,12 @@ def patch_answer_digit(model: TransformerBridge, pair_sets: list[PatchPairs], *,
         raise ArithlensError(f"patch_answer_digit takes pair sets of one answer digit, got {sorted(digits)}")
     clean = AdditionBatch.concat([p.clean for p in pair_sets])
     corrupted = AdditionBatch.concat([p.corrupted for p in pair_sets])
-    n = check_batch(model, clean)
-    task = AdditionTask(n)
+    check_batch(model, clean)
+    task = task_for(model_config_of(model))
     digit = digits.pop()
     target = task.logit_position_for_answer_digit(digit)
     device = model.W_U.device
-    column = 2 * n + 2 + (n - digit)
+    column = task.seq_len - 1 - digit
     metrics = pair_metrics(target, clean.tokens[:, column].to(device), corrupted.tokens[:, column].to(device))
     # The model is causal, so positions after the target cannot change its logits: leave them out (saves a fifth).
     with torch.inference_mode():
@@ -316,7 +337,8 @@ def patch_answer_digit(model: TransformerBridge, pair_sets: list[PatchPairs], *,
 
 def activation_patching(model: TransformerBridge, *, count: int = DEFAULT_PAIRS, seed: int = 0,
                         kinds: list[tuple[str, int]] | None = None, nodes: Iterable[str] | None = None,
-                        progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+                        progress: Callable[[int], None] | None = None,
+                        task: ArithmeticTask | None = None) -> pd.DataFrame:
     """Patch heads and MLPs for every (kind, answer digit) pair set (or just `kinds`).
 
     `nodes` limits the patching to those node names (e.g. the useful nodes, as
@@ -334,10 +356,14 @@ def activation_patching(model: TransformerBridge, *, count: int = DEFAULT_PAIRS,
     model gets right. `count` pairs per kind (200 by default: fewer cannot
     tell a net flip rate of several points from 0).
     `progress(k)` is called after each answer digit with the number of pair sets done.
+    `task` picks the operation of a mixed model (one of `task_for(config).views()`).
     """
     config = model_config_of(model)
-    task = AdditionTask(config.n_digits)
-    wanted = pair_kinds(config.n_digits) if kinds is None else list(kinds)
+    task = task_for(config) if task is None else task
+    if len(task.operations) != 1:
+        raise ArithlensError("a mixed model is patched one operation at a time: pass task= one of "
+                             "task_for(model.arithlens_config).views()")
+    wanted = pair_kinds(config.n_digits, task) if kinds is None else [(canonical_name(k), d) for k, d in kinds]
     keep = None if nodes is None else set(nodes)
     for name in keep or ():
         parse_node_name(name)  # a clear error for a misspelt node
@@ -349,4 +375,4 @@ def activation_patching(model: TransformerBridge, *, count: int = DEFAULT_PAIRS,
             progress(len(sets))
     if not frames:
         raise ArithlensError("no pair kinds to patch")
-    return pd.DataFrame(pd.concat(frames, ignore_index=True))
+    return localise(pd.DataFrame(pd.concat(frames, ignore_index=True)), task)

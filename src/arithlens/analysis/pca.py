@@ -16,7 +16,8 @@ cluster in the top-component space:
   no structure, near 1 for tight, distinct clusters), on at most 2000 points.
 
 The tri-state uses x_d + y_d alone (not the carry coming in), as the published
-work does, so the three states never overlap. Head outputs are
+work does, so the three states never overlap. For subtraction it is MB/MZ/neither
+(a_d < b_d, a_d == b_d, a_d > b_d), as the papers use it, and the tables say so. Head outputs are
 `cache.stack_head_results` (hook_z @ W_O, without b_O) at that position.
 """
 
@@ -32,7 +33,8 @@ from arithlens.analysis.attribution import cached_chunks
 from arithlens.analysis.nodes import node_name
 from arithlens.errors import ArithlensError
 from arithlens.model import model_config_of
-from arithlens.task import AdditionBatch, AdditionTask
+from arithlens.vocabulary import localise
+from arithlens.task import AdditionBatch, task_for, task_for_batch
 
 TRI_STATES = ("MakeCarry1", "MakeSum9", "neither")
 EXACT_PCA_LIMIT = 64  # above this many points and dims, the randomised SVD
@@ -43,8 +45,8 @@ def tri_state(batch: AdditionBatch, digit: int) -> torch.Tensor:
     """Index into TRI_STATES [batch] of digit pair `digit`: 0 MakeCarry1, 1 MakeSum9, 2 neither."""
     if not 0 <= digit < batch.n_digits:
         raise ArithlensError(f"digit pair must be 0..{batch.n_digits - 1}, got {digit}")
-    sums = batch.base_add[:, digit]
-    return torch.where(sums >= 10, 0, torch.where(sums == 9, 1, 2))
+    # base_carry: the pair makes a carry (borrow) alone; make_pass: it passes one on (sum 9; equal digits).
+    return torch.where(batch.base_carry[:, digit], 0, torch.where(batch.make_pass[:, digit], 1, 2))
 
 
 def pca(points: torch.Tensor, components: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -112,9 +114,10 @@ def cluster_separation(points: torch.Tensor, labels: torch.Tensor) -> tuple[floa
 def head_outputs(model: TransformerBridge, batch: AdditionBatch, position: int, *, chunk_size: int = 1024,
                  cache: ActivationCache | None = None) -> torch.Tensor:
     """Every head's output at `position`, [layer * head, batch, d_model] (index = layer * n_heads + head)."""
-    n = check_batch(model, batch)
-    if not 0 <= position < AdditionTask(n).seq_len:
-        raise ArithlensError(f"position must be 0..{AdditionTask(n).seq_len - 1}, got {position}")
+    check_batch(model, batch)
+    seq_len = task_for(model_config_of(model)).seq_len
+    if not 0 <= position < seq_len:
+        raise ArithlensError(f"position must be 0..{seq_len - 1}, got {position}")
     parts = []
     with torch.inference_mode():
         for _, part_cache in cached_chunks(model, batch, chunk_size, ("attn.hook_z",), cache):
@@ -138,7 +141,7 @@ def head_output_pca(model: TransformerBridge, batch: AdditionBatch, *, answer_di
     """
     n = check_batch(model, batch)
     config = model_config_of(model)
-    task = AdditionTask(n)
+    task = task_for_batch(config, batch)
     digits = list(range(n, 0, -1)) if answer_digits is None else list(answer_digits)
     for digit in digits:
         if not 1 <= digit <= n:
@@ -180,4 +183,4 @@ def head_output_pca(model: TransformerBridge, batch: AdditionBatch, *, answer_di
             frame["tri_state_below"] = state_names[0]
             frame["tri_state_below2"] = state_names[1]
             points.append(frame)
-    return pd.DataFrame(summary), pd.concat(points, ignore_index=True)
+    return localise(pd.DataFrame(summary), task), localise(pd.concat(points, ignore_index=True), task)

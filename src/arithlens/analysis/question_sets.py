@@ -18,6 +18,9 @@ Names for n digits (see `question_set_names`):
 - ``cascade_depth_{k}``, k = 1..n-1: longest UseSum9 cascade exactly k;
 - ``published_hard``: the published failures (445+555, 06665+03335, ...) and
   cascades at least 2 deep (1 deep for 2 digits).
+
+Subtraction has its own sets (`analysis.subtraction_sets`); a mixed model has every set of each
+operation, named "add:cascade_depth_2", "sub:borrow_cascade_depth_2", plus a mixed "random".
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from dataclasses import dataclass
 import torch
 
 from arithlens.errors import ArithlensError
-from arithlens.task import AdditionBatch, AdditionTask, QuestionCategory
+from arithlens.analysis.subtraction_sets import build_subtraction_set, subtraction_set_names
+from arithlens.task import AdditionBatch, AdditionTask, ArithmeticTask, QuestionCategory
 
 # Every digit pair, index 10 * x + y.
 _PAIR_X = torch.arange(100) // 10
@@ -63,9 +67,15 @@ class QuestionSet:
         return len(self.batch)
 
 
-def question_set_names(n_digits: int) -> list[str]:
-    """Every question-set name valid for `n_digits`-digit addition."""
-    n = AdditionTask(n_digits).n_digits  # validates n_digits
+def question_set_names(task_or_digits: ArithmeticTask | int) -> list[str]:
+    """Every question-set name valid for a task (or for `n`-digit addition, given an int)."""
+    task = task_or_digits if isinstance(task_or_digits, ArithmeticTask) else AdditionTask(task_or_digits)
+    if len(task.operations) > 1:
+        return ["random", *(f"{view.operation.key}:{name}" for view in task.views()
+                            for name in question_set_names(view))]
+    if task.operation.key == "sub":
+        return subtraction_set_names(task.n_digits)
+    n = task.n_digits
     names = ["random", "base_add"]
     if n >= 2:
         names += ["use_carry1", "use_sum9"]
@@ -77,19 +87,28 @@ def question_set_names(n_digits: int) -> list[str]:
     return names
 
 
-def make_question_set(task: AdditionTask, name: str, count: int = 1000, seed: int = 0) -> QuestionSet:
+def make_question_set(task: ArithmeticTask, name: str, count: int = 1000, seed: int = 0) -> QuestionSet:
     """`count` questions of the named kind, the same for the same seed.
 
     For "published_hard" the published examples come first (as many as fit).
     """
-    valid = question_set_names(task.n_digits)
+    valid = question_set_names(task)
     if name not in valid:
-        raise ArithlensError(f"unknown question set {name!r} for {task.n_digits} digits; valid names: {', '.join(valid)}")
+        raise ArithlensError(f"unknown question set {name!r} for {task.describe_format()}; valid names: "
+                             f"{', '.join(valid)}")
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ArithlensError(f"count must be an integer >= 1, got {count!r}")
     # Mixing the name in keeps sets with the same seed from sharing their draws. The CPU generator
     # reads only the low 32 bits of a seed, so the two are hashed together into those.
     generator = torch.Generator().manual_seed(zlib.crc32(f"{name}:{seed}".encode()))
+    if len(task.operations) > 1 and name != "random":
+        key, _, own = name.partition(":")
+        view = next(v for v in task.views() if v.operation.key == key)
+        built = make_question_set(view, own, count, seed)
+        return QuestionSet(name=name, description=f"{key}: {built.description}", batch=built.batch)
+    if len(task.operations) == 1 and task.operation.key == "sub":
+        description, batch, holds = build_subtraction_set(task, name, count, generator)
+        return _checked(name, description, batch, holds)
     n = task.n_digits
     rows = torch.arange(count)
     plan = torch.full((count, n), R_ANY, dtype=torch.long)  # [count, n] rule per column, units first

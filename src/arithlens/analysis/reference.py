@@ -24,7 +24,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from arithlens.analysis.accuracy import check_batch
 from arithlens.analysis.question_sets import QuestionSet, make_question_set
 from arithlens.model import model_config_of
-from arithlens.task import AdditionBatch, AdditionTask
+from arithlens.task import AdditionBatch, make_task
 
 REFERENCE_COUNT = 1000  # a mean over 1,000 questions is within ~3% of an activation's spread of the true mean
 REFERENCE_SEED = 1
@@ -40,9 +40,10 @@ class NarrowReferenceWarning(UserWarning):
     """An ablation's reference questions are not uniformly random, so its mean or samples carry their case."""
 
 
-def default_reference(n_digits: int) -> QuestionSet:
-    """The default ablation reference: `REFERENCE_COUNT` uniformly random questions drawn with `REFERENCE_SEED`."""
-    question_set = make_question_set(AdditionTask(n_digits), "random", REFERENCE_COUNT, REFERENCE_SEED)
+def default_reference(n_digits: int, op: str = "add") -> QuestionSet:
+    """The default ablation reference: `REFERENCE_COUNT` uniformly random questions drawn with `REFERENCE_SEED`
+    (of both operations, for a mixed model: the means are over what the model is asked)."""
+    question_set = make_question_set(make_task(op, n_digits), "random", REFERENCE_COUNT, REFERENCE_SEED)
     question_set.description = f"{REFERENCE_COUNT:,} uniformly random questions (seed {REFERENCE_SEED})"
     return question_set
 
@@ -50,13 +51,16 @@ def default_reference(n_digits: int) -> QuestionSet:
 def is_uniformly_random(batch: AdditionBatch, *, p_value: float = UNIFORMITY_P_VALUE) -> bool:
     """Whether `batch`'s digit pairs look like those of uniformly random questions.
 
-    Each column's pair sum is sorted by what it does to a carry: <= 8 stops
-    one, 9 passes one on, >= 10 makes one. Every named question set skews
-    these shares in some column, so a chi-square test of the counts per column
-    against the uniform shares (2 degrees of freedom per column) rejects them;
+    Each column's operand digit sum x_d + y_d (read from the tokens, whatever the operation)
+    is sorted by what it does to an addition's carry: <= 8 stops one, 9 passes one on, >= 10
+    makes one. Every named addition set skews these shares in some column, and the subtraction
+    sets skew them through x_d == y_d columns and forced orderings, so a chi-square test of the
+    counts per column against the uniform shares (2 degrees of freedom per column) rejects them;
     the batch passes unless the test's p-value is below `p_value`.
     """
-    sums = batch.base_add.cpu()  # [batch, n] x_d + y_d
+    n = batch.n_digits
+    tokens = batch.tokens.cpu()
+    sums = tokens[:, :n] + tokens[:, n + 1 : 2 * n + 1]  # [batch, n] x_d + y_d (most significant first)
     counts = torch.stack([(sums <= 8).sum(0), (sums == 9).sum(0), (sums >= 10).sum(0)]).double()  # [3, n]
     expected = torch.tensor(_TRI_STATE_SHARES, dtype=torch.float64)[:, None] * len(batch)
     statistic = ((counts - expected) ** 2 / expected).sum()
@@ -75,7 +79,8 @@ def resolve_reference(model: TransformerBridge, batch: AdditionBatch, reference:
     if method == "zero":
         return batch, NO_REFERENCE
     if reference is None:
-        question_set = default_reference(model_config_of(model).n_digits)
+        config = model_config_of(model)
+        question_set = default_reference(config.n_digits, config.op)
         check_batch(model, question_set.batch)
         return question_set.batch, question_set.description
     if isinstance(reference, QuestionSet):

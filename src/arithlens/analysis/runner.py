@@ -71,6 +71,10 @@ Files (one row per ...; columns):
   ablation effect. [answer_digit, nodes_kept, share_kept, node_added, map_nodes_kept, faithfulness, accuracy]
 - circuit_minimality.parquet: f without each map node. [answer_digit, node, faithfulness_without, drop,
   accuracy_without, accuracy_drop, redundant]
+- edges.parquet: in models of 2+ layers, the edges from earlier-layer nodes into the map's later-layer
+  nodes, by path patching on the first 500 random questions (`edges.path_patching_edges`; empty for one
+  layer). [answer_digit, sender, receiver, sender_layer, receiver_layer, sender_position, receiver_position,
+  effect, effect_abs, receiver_effect, share, questions, reference]; effect < 0: the edge matters
 - clauses.parquet: the published 1-layer algorithm (hypotheses/published_1layer.toml, or the same
   clauses for other digit counts) tested causally on `patch_count` question pairs per clause
   (`clauses.evaluate_clauses`). [clause, answer_digit, subtask, pair, expect, test, nodes, claim, pairs,
@@ -118,8 +122,9 @@ from arithlens.analysis.algorithm_map import algorithm_map, digit_roles, failed_
 from arithlens.analysis.attention import attention_examples, mean_attention_by_class, top_attended
 from arithlens.analysis.attribution import analysis_cache, direct_logit_attribution, head_source_attribution, logit_lens
 from arithlens.analysis.circuit import circuit_summary, map_circuit
-from arithlens.analysis.clauses import clause_summary, evaluate_clauses
+from arithlens.analysis.clauses import CLAUSE_COLUMNS, clause_summary, evaluate_clauses
 from arithlens.analysis.dynamics import bracketing_steps, compare_checkpoints, phase_changes, subtask_changes
+from arithlens.analysis.edges import EDGE_COLUMNS, path_patching_edges, top_edges
 from arithlens.analysis.hypotheses import default_clauses
 from arithlens.analysis.nodes import Node, node_name, nodes_table, useful_nodes
 from arithlens.analysis.patching import DEFAULT_PAIRS, activation_patching, pair_kinds
@@ -134,14 +139,17 @@ from arithlens.folders import (
     run_folder_lock,
     staging_folder,
 )
+from arithlens.model import model_config_of
 from arithlens.runs import ANALYSIS_DIR, Run, is_bundled, load_run, resolve_run_path, write_json
-from arithlens.task import AdditionTask
+from arithlens.task import ArithmeticTask, task_for
+from arithlens.vocabulary import localise
 
 SUMMARY_FILE = "summary.json"
 MIN_COUNT = 2  # PCA needs at least two questions; checked before the work, not at the PCA stage
 FAILURE_LIMIT = 1000
 POSITION_ABLATION_COUNT = 2000
 CIRCUIT_COUNT = 2000  # each node set kept is a forward pass of its own; f settles to ~0.01 long before 10K
+EDGE_COUNT = 500  # path patching costs a recomputation per edge; 1,770 edges of add_d5_l2 take ~21 s at 500
 MAX_COUNT = 1_000_000
 
 
@@ -246,104 +254,145 @@ def analyze_run(run_dir: str | Path, *, out: str | Path | None = None, count: in
 def _analyze_into(run_path: Path, target: Path, *, count: int, progress: bool, full_accuracy_count: int,
                   sample_count: int, set_count: int, patch_count: int, checkpoint_count: int, threshold: float,
                   seed: int, dynamics: bool) -> dict[str, pd.DataFrame]:
-    tables: dict[str, pd.DataFrame] = {}
+    """Every analysis, once per operation of the model (one for addition or subtraction, two for mixed)."""
+    settings = {"count": count, "full_accuracy_count": full_accuracy_count, "sample_count": min(sample_count, count),
+                "set_count": set_count, "patch_count": patch_count, "checkpoint_count": checkpoint_count,
+                "threshold": threshold, "seed": seed, "dynamics": dynamics}
     with _progress(progress) as stages:
         with stages.stage("load"):
             run = load_run(run_path)
             metrics = _metrics(run)  # read now: a damaged table fails before the work, not after it
             model = run.model()
-            n = run.config.model.n_digits
-            task = AdditionTask(n)
-            random_set = make_question_set(task, "random", count, seed)
-            batch = random_set.batch
-            sample = batch.select(slice(0, min(sample_count, count)))
+            views = task_for(run.config.model).views()
+        parts: dict[str, tuple[dict[str, pd.DataFrame], dict[str, Any]]] = {}
+        for view in views:
+            prefix = f"{view.operation.key}: " if len(views) > 1 else ""
+            tables, nodes, hypotheses = _analyze_operation(
+                run, model, view, metrics, stages, prefix, count=count, full_accuracy_count=full_accuracy_count,
+                sample_count=sample_count, set_count=set_count, patch_count=patch_count,
+                checkpoint_count=checkpoint_count, threshold=threshold, seed=seed, dynamics=dynamics)
+            parts[view.operation.key] = (tables, _summary(run, view, tables, nodes, stages.seconds, settings={
+                **settings, "hypotheses": hypotheses}))
+        total = sum(len(tables) + 1 for tables, _ in parts.values())
+        with stages.stage("write", total=total) as advance:
+            if len(parts) == 1:
+                ((tables, summary),) = parts.values()
+                _write_folder(target, {"": (tables, summary)}, None, advance)
+                return tables
+            combined = _mixed_summary(run, parts, stages.seconds, settings)
+            _write_folder(target, {f"{key}/": value for key, value in parts.items()}, combined, advance)
+    return {f"{key}/{name}": frame for key, (tables, _) in parts.items() for name, frame in tables.items()}
 
-        set_names = [name for name in question_set_names(n) if name != "random"]
-        with stages.stage("accuracy", total=1 + len(set_names)) as advance:
-            result = random_accuracy(model, full_accuracy_count, seed)
-            frames = [accuracy_table(result).assign(source="random", source_description=(
-                f"{full_accuracy_count:,} uniformly random questions"))]
-            tables["failures"] = failure_table(result, task, limit=FAILURE_LIMIT)
-            tables["failure_patterns"] = failure_patterns(result, task)
+
+def _analyze_operation(run: Run, model: Any, task: ArithmeticTask, metrics: pd.DataFrame, stages: _Stages,
+                       prefix: str, *, count: int, full_accuracy_count: int, sample_count: int, set_count: int,
+                       patch_count: int, checkpoint_count: int, threshold: float, seed: int,
+                       dynamics: bool) -> tuple[dict[str, pd.DataFrame], list[Node], str]:
+    """Every analysis of one operation's questions (`task` is a single-operation task in the model's layout)."""
+    tables: dict[str, pd.DataFrame] = {}
+    n = task.n_digits
+    random_set = make_question_set(task, "random", count, seed)
+    batch = random_set.batch
+    sample = batch.select(slice(0, min(sample_count, count)))
+
+    set_names = [name for name in question_set_names(task) if name != "random"]
+    with stages.stage(prefix + "accuracy", total=1 + len(set_names)) as advance:
+        result = evaluate(model, make_question_set(task, "random", full_accuracy_count, seed).batch) \
+            if len(task_for(run.config.model).operations) > 1 else random_accuracy(model, full_accuracy_count, seed)
+        frames = [accuracy_table(result).assign(source="random", source_description=(
+            f"{full_accuracy_count:,} uniformly random questions"))]
+        tables["failures"] = failure_table(result, task, limit=FAILURE_LIMIT)
+        tables["failure_patterns"] = failure_patterns(result, task)
+        advance(1)
+        for name in set_names:
+            question_set = make_question_set(task, name, set_count, seed)
+            frames.append(accuracy_table(evaluate(model, question_set.batch)).assign(
+                source=name, source_description=question_set.description))
             advance(1)
-            for name in set_names:
-                question_set = make_question_set(task, name, set_count, seed)
-                frames.append(accuracy_table(evaluate(model, question_set.batch)).assign(
-                    source=name, source_description=question_set.description))
-                advance(1)
-            accuracy = pd.concat(frames, ignore_index=True)
-            front = ["source", "source_description"]
-            tables["accuracy"] = accuracy[front + [c for c in accuracy.columns if c not in front]]
+        accuracy = pd.concat(frames, ignore_index=True)
+        front = ["source", "source_description"]
+        tables["accuracy"] = accuracy[front + [c for c in accuracy.columns if c not in front]]
 
-        with stages.stage("ablation", total=3) as advance:
-            tables["node_ablation"] = node_ablation(model, batch, method="mean")
-            advance(1)
-            # Each input ablation is a full forward pass per position; effects of tens of points need no more.
-            tables["position_ablation"] = position_ablation(
-                model, batch.select(slice(0, min(count, POSITION_ABLATION_COUNT))), method="mean")
-            advance(1)
-            nodes = useful_nodes(model, batch, threshold=threshold, ablation=tables["node_ablation"])
-            tables["useful_nodes"] = nodes_table(nodes, ablation=tables["node_ablation"])
+    with stages.stage(prefix + "ablation", total=3) as advance:
+        tables["node_ablation"] = node_ablation(model, batch, method="mean")
+        advance(1)
+        # Each input ablation is a full forward pass per position; effects of tens of points need no more.
+        tables["position_ablation"] = position_ablation(
+            model, batch.select(slice(0, min(count, POSITION_ABLATION_COUNT))), method="mean")
+        advance(1)
+        nodes = useful_nodes(model, batch, threshold=threshold, ablation=tables["node_ablation"])
+        tables["useful_nodes"] = nodes_table(nodes, ablation=tables["node_ablation"])
 
-        with stages.stage("cache"):
-            cache = analysis_cache(model, sample)
+    with stages.stage(prefix + "cache"):
+        cache = analysis_cache(model, sample)
 
-        with stages.stage("attention", total=2) as advance:
-            tables["attention"] = mean_attention_by_class(model, sample, cache=cache)
-            advance(1)
-            tables["attention_examples"] = attention_examples(model, task, seed=seed)
+    with stages.stage(prefix + "attention", total=2) as advance:
+        tables["attention"] = mean_attention_by_class(model, sample, cache=cache)
+        advance(1)
+        tables["attention_examples"] = attention_examples(model, task, seed=seed)
 
-        with stages.stage("attribution", total=3) as advance:
-            tables["logit_lens"] = logit_lens(model, sample, cache=cache)
-            advance(1)
-            tables["dla"] = direct_logit_attribution(model, sample, cache=cache)
-            advance(1)
-            tables["head_sources"] = head_source_attribution(model, sample, cache=cache)
+    with stages.stage(prefix + "attribution", total=3) as advance:
+        tables["logit_lens"] = logit_lens(model, sample, cache=cache)
+        advance(1)
+        tables["dla"] = direct_logit_attribution(model, sample, cache=cache)
+        advance(1)
+        tables["head_sources"] = head_source_attribution(model, sample, cache=cache)
 
-        with stages.stage("patching", total=len(pair_kinds(n))) as advance:
-            config = run.config.model
-            grid = {node_name(p, config.n_layers - 1, h) for p in task.answer_logit_positions
-                    for h in [*range(config.n_heads), None]}
-            tables["patching"] = activation_patching(model, count=patch_count, seed=seed, progress=advance,
-                                                     nodes=grid | {node.name for node in nodes})
+    with stages.stage(prefix + "patching", total=len(pair_kinds(n, task))) as advance:
+        config = run.config.model
+        grid = {node_name(p, config.n_layers - 1, h) for p in task.answer_logit_positions
+                for h in [*range(config.n_heads), None]}
+        tables["patching"] = activation_patching(model, count=patch_count, seed=seed, progress=advance,
+                                                 nodes=grid | {node.name for node in nodes}, task=task)
 
-        with stages.stage("pca"):
-            tables["pca"], tables["pca_points"] = head_output_pca(model, sample, cache=cache)
-        del cache
+    with stages.stage(prefix + "pca"):
+        tables["pca"], tables["pca_points"] = head_output_pca(model, sample, cache=cache)
+    del cache
 
-        with stages.stage("phases"):
-            tables["phases"] = phase_changes(metrics)
-            tables["subtask_changes"] = subtask_changes(metrics, tables["phases"])
+    with stages.stage(prefix + "phases"):
+        tables["phases"] = phase_changes(metrics)
+        tables["subtask_changes"] = localise(subtask_changes(metrics, tables["phases"]), task)
 
-        phases = tables["phases"] if dynamics else tables["phases"].iloc[0:0]
-        final_step = int(run.info.get("steps_done") or (metrics["step"].max() if len(metrics) else 0))
-        models = {s for pair in bracketing_steps(phases, run.checkpoint_steps(), final_step).values() for s in pair}
-        with stages.stage("checkpoints", total=len(models)) as advance:
-            tables["checkpoint_nodes"] = compare_checkpoints(
-                run, phases, batch.select(slice(0, min(checkpoint_count, count))), threshold=threshold,
-                progress=advance)
+    phases = tables["phases"] if dynamics else tables["phases"].iloc[0:0]
+    final_step = int(run.info.get("steps_done") or (metrics["step"].max() if len(metrics) else 0))
+    models = {s for pair in bracketing_steps(phases, run.checkpoint_steps(), final_step).values() for s in pair}
+    with stages.stage(prefix + "checkpoints", total=len(models)) as advance:
+        tables["checkpoint_nodes"] = compare_checkpoints(
+            run, phases, batch.select(slice(0, min(checkpoint_count, count))), threshold=threshold,
+            progress=advance)
 
-        with stages.stage("algorithm map"):
-            attention_top = top_attended(tables["attention"], top_k=2, min_weight=0.1)
-            tables["algorithm_map"] = algorithm_map(n, tables["node_ablation"], patching=tables["patching"],
-                                                    pca=tables["pca"], attention=attention_top, threshold=threshold)
-            tables["failed_cases"] = failed_cases(tables["accuracy"])
+    with stages.stage(prefix + "algorithm map"):
+        attention_top = top_attended(tables["attention"], top_k=2, min_weight=0.1)
+        tables["algorithm_map"] = algorithm_map(n, tables["node_ablation"], patching=tables["patching"],
+                                                pca=tables["pca"], attention=attention_top, threshold=threshold,
+                                                task=task)
+        tables["failed_cases"] = localise(failed_cases(tables["accuracy"]), task)
 
-        with stages.stage("circuit"):  # does the map explain the model? (circuit.py)
-            tables.update(map_circuit(model, batch.select(slice(0, min(count, CIRCUIT_COUNT))),
-                                      tables["algorithm_map"]))
+    with stages.stage(prefix + "circuit"):  # does the map explain the model? (circuit.py)
+        tables.update(map_circuit(model, batch.select(slice(0, min(count, CIRCUIT_COUNT))),
+                                  tables["algorithm_map"]))
 
-        with stages.stage("clauses"):
+    with stages.stage(prefix + "edges"):  # layer-to-layer edges by path patching (edges.py): the map as a graph
+        tables["edges"] = _edges(model, batch.select(slice(0, min(count, EDGE_COUNT))), tables["algorithm_map"])
+
+    with stages.stage(prefix + "clauses"):
+        if run.config.model.op == "add":
             hypotheses = default_clauses(n)  # the published algorithm, tested by patching (clauses.py)
             tables["clauses"] = evaluate_clauses(model, hypotheses, pairs=patch_count, seed=seed)
+            source = hypotheses.source
+        else:  # the hypothesis format speaks addition's sub-tasks and layout
+            tables["clauses"] = pd.DataFrame(columns=CLAUSE_COLUMNS)
+            source = f"none: the published clauses describe addition, and this is a {run.config.model.op} model"
+    return tables, nodes, source
 
-        with stages.stage("write", total=len(tables) + 1) as advance:
-            summary = _summary(run, tables, nodes, stages.seconds, settings={
-                "count": count, "full_accuracy_count": full_accuracy_count, "sample_count": min(sample_count, count),
-                "set_count": set_count, "patch_count": patch_count, "checkpoint_count": checkpoint_count,
-                "threshold": threshold, "seed": seed, "dynamics": dynamics, "hypotheses": hypotheses.source})
-            _write_folder(target, tables, summary, advance)
-    return tables
+
+def _edges(model: Any, batch: Any, the_map: pd.DataFrame) -> pd.DataFrame:
+    """Path-patched edges into the map's nodes above layer 0 (every earlier node a candidate sender), or into
+    every last-layer node at the answer positions when the map has none there; none for a 1-layer model."""
+    if model_config_of(model).n_layers < 2:
+        return pd.DataFrame(columns=EDGE_COLUMNS)
+    receivers = sorted(set(the_map.loc[the_map["layer"] >= 1, "node"])) if len(the_map) else []
+    return path_patching_edges(model, batch, receivers=receivers or None)
 
 
 def _metrics(run: Run) -> pd.DataFrame:
@@ -353,16 +402,25 @@ def _metrics(run: Run) -> pd.DataFrame:
     return run.metrics  # a damaged table is an error, not "no phases"
 
 
-def _write_folder(target: Path, tables: dict[str, pd.DataFrame], summary: dict[str, Any],
-                  advance: Callable[[int], None]) -> None:
-    """Every table and summary.json, built in a staging folder and swapped in whole."""
+def _write_folder(target: Path, parts: dict[str, tuple[dict[str, pd.DataFrame], dict[str, Any]]],
+                  combined: dict[str, Any] | None, advance: Callable[[int], None]) -> None:
+    """Every table and summary.json, built in a staging folder and swapped in whole.
+
+    `parts` maps a subfolder ("" for the folder itself, "add/" and "sub/" for a mixed model) to its
+    tables and summary; `combined` is a mixed model's top-level summary.json.
+    """
     staging = None
     try:
         staging = staging_folder(target)
-        for name, frame in tables.items():
-            frame.to_parquet(staging / f"{name}.parquet", index=False)
-            advance(1)
-        write_json(staging / SUMMARY_FILE, summary)
+        for sub, (tables, summary) in parts.items():
+            folder = staging / sub
+            folder.mkdir(exist_ok=True)
+            for name, frame in tables.items():
+                frame.to_parquet(folder / f"{name}.parquet", index=False)
+                advance(1)
+            write_json(folder / SUMMARY_FILE, summary)
+        if combined is not None:
+            write_json(staging / SUMMARY_FILE, combined)
         replace_folder(staging, target)
     except BaseException as error:
         if staging is not None:
@@ -385,8 +443,8 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _summary(run: Run, tables: dict[str, pd.DataFrame], nodes: list[Node], seconds: dict[str, float],
-             settings: dict[str, Any]) -> dict[str, Any]:
+def _summary(run: Run, task: ArithmeticTask, tables: dict[str, pd.DataFrame], nodes: list[Node],
+             seconds: dict[str, float], settings: dict[str, Any]) -> dict[str, Any]:
     n = run.config.model.n_digits
     accuracy = tables["accuracy"]
     random_rows = accuracy[accuracy["source"] == "random"]
@@ -412,7 +470,7 @@ def _summary(run: Run, tables: dict[str, pd.DataFrame], nodes: list[Node], secon
         new_nodes = checkpoint_nodes[(checkpoint_nodes["answer_digit"] == name)
                                      & checkpoint_nodes["became_useful"].astype(bool)]["node"].tolist()
         digits[name] = {
-            "position": AdditionTask(n).logit_position_for_answer_digit(digit),
+            "position": task.logit_position_for_answer_digit(digit),
             "accuracy": float(row["accuracy"].iloc[0]) if len(row) else None,
             "useful_nodes": useful,
             "roles": roles.get(name, {}),
@@ -425,6 +483,8 @@ def _summary(run: Run, tables: dict[str, pd.DataFrame], nodes: list[Node], secon
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         "run": str(run.path),
         "model": run.config.model.to_dict(),
+        "op": task.operation.key,
+        "subtask_names": {role: task.names.name(role) for role in SUBTASK_ROLES},
         "settings": settings,
         "accuracy": {"questions": int(overall["questions"]), "accuracy": float(overall["accuracy"]),
                      "failures": int(overall["failures"]), "nines": float(overall["nines"]),
@@ -436,8 +496,35 @@ def _summary(run: Run, tables: dict[str, pd.DataFrame], nodes: list[Node], secon
         "cannot_do": tables["failed_cases"]["description"].tolist(),
         "failure_patterns": failure_pattern_digest(tables["failure_patterns"]),
         "circuit": circuit_summary(tables["circuit"]),
+        "edges": top_edges(tables["edges"], 10).to_dict("records") if len(tables["edges"]) else [],
         "clauses": clause_summary(tables["clauses"], str(settings.get("hypotheses", ""))),
         "files": {f"{name}.parquet": list(map(str, frame.columns)) for name, frame in tables.items()},
+        "seconds": seconds,
+    })
+
+
+SUBTASK_ROLES = ("base", "make_carry", "make_pass", "use_carry", "use_pass")
+
+
+def _mixed_summary(run: Run, parts: dict[str, tuple[dict[str, pd.DataFrame], dict[str, Any]]],
+                   seconds: dict[str, float], settings: dict[str, Any]) -> dict[str, Any]:
+    """A mixed model's top-level summary.json: each operation's headline numbers, and which useful nodes
+    serve both operations and which serve one (the operations' own analyses sit in add/ and sub/)."""
+    useful = {key: set(tables["useful_nodes"]["node"]) for key, (tables, _) in parts.items()}
+    both = set.intersection(*useful.values())
+    return _clean({
+        "arithlens_version": __version__,
+        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "run": str(run.path),
+        "model": run.config.model.to_dict(),
+        "op": "mixed",
+        "operations": {key: {"folder": f"{key}/", "accuracy": summary["accuracy"],
+                             "useful_nodes": len(useful[key]),
+                             "circuit_all": summary["circuit"]["answer_digits"].get("all")}
+                       for key, (_, summary) in parts.items()},
+        "shared_nodes": {"both": sorted(both),
+                         **{f"only_{key}": sorted(nodes - both) for key, nodes in useful.items()}},
+        "settings": settings,
         "seconds": seconds,
     })
 
@@ -448,11 +535,30 @@ def _by_group(rows: pd.DataFrame, kind: str) -> dict[str, Any]:
 
 
 def load_analysis(run_dir: str | Path, folder: str | Path | None = None) -> dict[str, Any]:
-    """Every table of RUN_DIR/analysis/ (or of `folder`) by name, plus "summary" (the parsed summary.json)."""
+    """Every table of RUN_DIR/analysis/ (or of `folder`) by name, plus "summary" (the parsed summary.json).
+
+    A mixed model's analysis also has "operations": {"add": {...}, "sub": {...}}, each loaded the same way
+    from its subfolder.
+    """
     run_path = resolve_run_path(run_dir)
     folder = run_path / ANALYSIS_DIR if folder is None else Path(folder)
     if not folder.is_dir():
         raise ArithlensError(f"{folder} holds no analysis yet; run `arithlens analyze {run_path}` first")
+    result = _load_folder(run_path, folder)
+    operations = result.get("summary", {}).get("operations") if isinstance(result.get("summary"), dict) else None
+    if isinstance(operations, dict):
+        result["operations"] = {}
+        for key in operations:
+            sub = folder / str(key)
+            if not sub.is_dir():
+                raise RunFolderError(f"damaged {folder}: its summary lists operation {key!r} but {sub} is missing; "
+                                     f"run `arithlens analyze {run_path}` again")
+            result["operations"][key] = _load_folder(run_path, sub)
+    return result
+
+
+def _load_folder(run_path: Path, folder: Path) -> dict[str, Any]:
+    """The tables and summary of one analysis folder (a mixed model's operation folders each are one)."""
     again = f"run `arithlens analyze {run_path}` again"
     summary_path = folder / SUMMARY_FILE
     summary: Any = None

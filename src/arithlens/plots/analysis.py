@@ -21,24 +21,37 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from arithlens.plots.training import answer_digit_colour
-from arithlens.task import AdditionTask
+from arithlens.task import AdditionTask, ArithmeticTask
 
 SUBPLOT_GAP = 0.03
+# Every figure takes the model's layout as `n_digits`: a digit count (addition's layout) or the task
+# itself (`task_for(config)` or one of its views), which a subtraction or mixed model needs.
+Layout = int | ArithmeticTask
+SUBTASK_CLASSES = ("all", "BA", "UC1", "US9", "BD", "UB", "UZ")  # addition's, then subtraction's
 
 
-def position_names(n_digits: int) -> list[str]:
-    """The tokens at each position: D4 .. D0, +, D'4 .. D'0, =, A5 .. A0 for 5 digits."""
-    return AdditionTask(n_digits).position_names()
+def layout_task(layout: Layout) -> ArithmeticTask:
+    """The task of a layout: itself, or n-digit addition for a digit count."""
+    return layout if isinstance(layout, ArithmeticTask) else AdditionTask(layout)
 
 
-def position_labels(n_digits: int) -> list[str]:
+def digit_count(layout: Layout) -> int:
+    return layout_task(layout).n_digits
+
+
+def position_names(n_digits: Layout) -> list[str]:
+    """The tokens at each position: D4 .. D0, +, D'4 .. D'0, =, A5 .. A0 for 5-digit addition."""
+    return layout_task(n_digits).position_names()
+
+
+def position_labels(n_digits: Layout) -> list[str]:
     """How every figure names positions: `P14 (→A2)` where a position predicts an answer digit, else `P2 (D2)`."""
-    return AdditionTask(n_digits).position_labels()
+    return layout_task(n_digits).position_labels()
 
 
-def answer_order(n_digits: int) -> list[str]:
-    """Answer digit names in the order answers read: An .. A0."""
-    return [f"A{d}" for d in range(n_digits, -1, -1)]
+def answer_order(n_digits: Layout) -> list[str]:
+    """Answer token names in the order answers read: (sign,) An .. A0."""
+    return layout_task(n_digits).answer_token_names()
 
 
 def signed_axis(title: str, reverse: bool = False) -> dict[str, object]:
@@ -192,7 +205,7 @@ def attention_heatmaps(frame: pd.DataFrame, n_digits: int, *, layer: int = 0, an
     With `answer_rows_only`, only the query positions that predict answer
     digits are drawn (where the staircase is); their labels say which digit.
     """
-    task = AdditionTask(n_digits)
+    task = layout_task(n_digits)
     labels = task.position_labels()
     part = frame[frame["layer"] == layer]
     groups = list(dict.fromkeys(part[row_key]))
@@ -233,17 +246,17 @@ def attention_heatmaps(frame: pd.DataFrame, n_digits: int, *, layer: int = 0, an
 def logit_lens_figure(frame: pd.DataFrame, n_digits: int, *, subtask_class: str = "all") -> go.Figure:
     """How well each residual stage predicts each answer digit: logit lead and accuracy per stage."""
     rows = frame[frame["subtask_class"] == subtask_class]
-    task = AdditionTask(n_digits)
+    task = layout_task(n_digits)
     fig = make_subplots(rows=1, cols=2, subplot_titles=["correct digit's lead over the best wrong digit",
                                                           "accuracy when decoded at this stage"])
     for digit in answer_order(n_digits):
         part = rows[rows["answer_digit"] == digit].sort_values("stage_index")
         if part.empty:
             continue
-        index = int(digit[1:])
-        label = task.position_label(task.logit_position_for_answer_digit(index))
+        index = int(digit[1:]) if digit != "sign" else task.n_digits + 1
+        label = task.position_label(task.answer_logit_positions[task.answer_token_names().index(digit)])
         # One explicit colour per digit: left to plotly, the right panel's traces took the next colours along.
-        line = dict(color=answer_digit_colour(index, n_digits))
+        line = dict(color=answer_digit_colour(index, digit_count(n_digits)))
         for col, value in ((1, "logit_diff"), (2, "accuracy")):
             fig.add_trace(go.Scatter(x=part["stage"], y=_round(part[value].to_numpy()), mode="lines+markers",
                                      name=label, legendgroup=digit, showlegend=col == 1, line=line),
@@ -257,9 +270,9 @@ def logit_lens_figure(frame: pd.DataFrame, n_digits: int, *, subtask_class: str 
 
 def dla_heatmap(frame: pd.DataFrame, n_digits: int, *, value: str = "logit_diff_attr") -> go.Figure:
     """Direct logit attribution of each component to each answer digit, one panel per sub-task class."""
-    classes = [c for c in ("all", "BA", "UC1", "US9") if c in set(frame["subtask_class"])]
+    classes = [c for c in SUBTASK_CLASSES if c in set(frame["subtask_class"])]
     components = list(dict.fromkeys(frame["component"]))
-    digits = answer_order(n_digits)
+    digits = [d for d in answer_order(n_digits) if d in set(frame["answer_digit"])]
     fig = make_subplots(rows=1, cols=max(len(classes), 1), shared_yaxes=True, subplot_titles=classes,
                         horizontal_spacing=SUBPLOT_GAP)
     for i, cls in enumerate(classes):
@@ -347,7 +360,8 @@ def patching_heatmaps(frame: pd.DataFrame, n_digits: int, *, value: str = "recov
     return fig
 
 
-TRI_STATE_COLOURS = {"MakeCarry1": "#d62728", "MakeSum9": "#1f77b4", "neither": "#7f7f7f", "n/a": "#bcbd22"}
+TRI_STATE_COLOURS = {"MakeCarry1": "#d62728", "MakeSum9": "#1f77b4", "neither": "#7f7f7f", "n/a": "#bcbd22",
+                     "MakeBorrow": "#d62728", "MakeZero": "#1f77b4"}
 
 
 def pca_scatter(points: pd.DataFrame, n_digits: int, *, colour_by: str = "tri_state_below",

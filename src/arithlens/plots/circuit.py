@@ -15,15 +15,20 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from arithlens.plots.training import answer_digit_colour
-from arithlens.task import AdditionTask
+from arithlens.plots.analysis import digit_count, layout_task
 
-ROLE_SHORT = {"BaseAdd": "BA", "MakeCarry1": "MC1", "MakeSum9": "MS9", "UseSum9": "US9"}
+ROLE_SHORT = {"BaseAdd": "BA", "MakeCarry1": "MC1", "MakeSum9": "MS9", "UseSum9": "US9",
+              "BaseDiff": "MD", "MakeBorrow": "MB", "MakeZero": "MZ", "UseZero": "UZ"}  # subtraction: the papers'
+ROLE_KEYS = {"add": "BA BaseAdd, MC1 MakeCarry1, MS9 MakeSum9, US9 UseSum9",
+             "sub": "MD BaseDiff, MB MakeBorrow, MZ MakeZero, UZ UseZero"}
 MIN_ATTENTION = 0.1  # attention edges below this weight are left out, as the map's attends_to does
 NODE_SPREAD = 0.14  # the y offset between the heads (and the MLP) of one position and layer
 
 
 def _digit_colour(label: str, n_digits: int) -> str:
-    return "#24292f" if label == "all" else answer_digit_colour(int(label[1:]), n_digits)
+    if label == "all":
+        return "#24292f"
+    return answer_digit_colour(n_digits + 1 if label == "sign" else int(label[1:]), n_digits)
 
 
 def faithfulness_curve(curve: pd.DataFrame, n_digits: int, circuit: pd.DataFrame | None = None) -> go.Figure:
@@ -34,7 +39,8 @@ def faithfulness_curve(curve: pd.DataFrame, n_digits: int, circuit: pd.DataFrame
     """
     fig = go.Figure()
     scores = circuit.set_index("answer_digit") if circuit is not None and len(circuit) else None
-    digits = [f"A{d}" for d in range(n_digits, -1, -1)] + ["all"]
+    digits = [*layout_task(n_digits).answer_token_names(), "all"]
+    n_digits = digit_count(n_digits)
     for label in [d for d in digits if d in set(curve["answer_digit"])]:
         part = curve[curve["answer_digit"] == label]
         name = "whole answer" if label == "all" else label
@@ -93,8 +99,29 @@ def _edge_traces(edges: list[tuple[float, float, float, float, float, str]], col
     return traces
 
 
+def _path_edges(edges: pd.DataFrame | None, places: dict[str, tuple[int, int, int]], layer_y: dict[int, float],
+                n_heads: int) -> list[tuple[float, float, float, float, float, str]]:
+    """The path-patched edges whose sender and receiver are both map nodes, strongest per pair of nodes."""
+    if edges is None or not len(edges):
+        return []
+    inside = edges[edges["sender"].isin(places) & edges["receiver"].isin(places)]
+    if not len(inside):
+        return []
+    strongest = inside.loc[inside.groupby(["sender", "receiver"])["effect_abs"].idxmax()]
+    largest = float(strongest["effect_abs"].max()) or 1.0
+    lines = []
+    for row in strongest.itertuples(index=False):
+        x0, y0 = _node_xy(places[row.sender], layer_y, n_heads)
+        x1, y1 = _node_xy(places[row.receiver], layer_y, n_heads)
+        lines.append((x0, y0, x1, y1, float(row.effect_abs) / largest,
+                      f"{row.sender} → {row.receiver}: path patching moves {row.answer_digit}'s margin by "
+                      f"{row.effect:.3f}"))
+    return lines
+
+
 def circuit_diagram(algorithm_map: pd.DataFrame, minimality: pd.DataFrame, n_digits: int, n_layers: int,
-                    n_heads: int, attention: pd.DataFrame | None = None) -> go.Figure:
+                    n_heads: int, attention: pd.DataFrame | None = None,
+                    edges: pd.DataFrame | None = None) -> go.Figure:
     """The map as a circuit: nodes by position (x) and layer (y), labelled with their roles.
 
     `algorithm_map` is the algorithm_map table (its node, position, layer and
@@ -105,9 +132,11 @@ def circuit_diagram(algorithm_map: pd.DataFrame, minimality: pd.DataFrame, n_dig
     over all questions (`attention`, weights of at least 0.1); from a node to
     each answer digit it serves, the node's drop in `minimality` (the fall in
     that digit's faithfulness when the node alone is removed from the digit's
-    map), clipped to [0, 1].
+    map), clipped to [0, 1]; between map nodes of different layers (`edges`, the edges table of
+    path patching), |effect| as a share of the largest, in purple.
     """
-    task = AdditionTask(n_digits)
+    task = layout_task(n_digits)
+    n_digits = task.n_digits
     labels = task.position_labels()
     layer_y = {layer: layer + 1.0 for layer in range(n_layers)}
     answer_y = n_layers + 1.0
@@ -150,13 +179,18 @@ def circuit_diagram(algorithm_map: pd.DataFrame, minimality: pd.DataFrame, n_dig
                                 f"{digit}'s map drops f by {drop:.3f}"))
     for trace in _edge_traces(attend_edges, "#0969da", "attends to (width: attention weight)"):
         fig.add_trace(trace)
+    for trace in _edge_traces(_path_edges(edges, places, layer_y, n_heads), "#8250df",
+                              "path-patched edge (width: |effect| / largest)"):
+        fig.add_trace(trace)
     for trace in _edge_traces(serve_edges, "#cf222e", "serves (width: drop in f without it)"):
         fig.add_trace(trace)
     xs, ys, text, hover, colours, sides = [], [], [], [], [], []
     for node in nodes:
         x, y = _node_xy(places[node], layer_y, n_heads)
         head = places[node][2]
-        own = f"A{n_digits - (places[node][0] - 2 * n_digits - 1)}"  # the digit its own position predicts
+        names = task.answer_token_names()
+        row = places[node][0] - (2 * n_digits + 1)
+        own = names[row] if 0 <= row < len(names) else ""  # the answer token its own position predicts
         served = " ".join((f"{d}:" if (d, ) != (own, ) or len(roles[node]) > 1 else "")
                           + ",".join(ROLE_SHORT.get(r, r) for r in rs) for d, rs in roles[node].items())
         xs.append(x)
@@ -173,8 +207,9 @@ def circuit_diagram(algorithm_map: pd.DataFrame, minimality: pd.DataFrame, n_dig
     fig.update_yaxes(tickvals=[0.0, *layer_y.values(), answer_y],
                      ticktext=["input", *(f"layer {layer}" for layer in layer_y), "answer"],
                      range=[-0.7, answer_y + 0.7])
-    fig.update_layout(title="Circuit diagram of the algorithm map<br><sup>heads (H) and MLPs (M) with their roles (BA "
-                            "BaseAdd, MC1 MakeCarry1, MS9 MakeSum9, US9 UseSum9; 'A4:' for a digit other than the one "
+    key = ROLE_KEYS["sub" if task.operations[0].key == "sub" else "add"]
+    fig.update_layout(title="Circuit diagram of the algorithm map<br><sup>heads (H) and MLPs (M) with their roles ("
+                            f"{key}; 'A4:' for a digit other than the one "
                             "their position predicts)<br>edge widths: attention weight (blue); the fall in the digit's "
                             "f when the node alone is removed from its map (red)</sup>",
                       height=300 + 190 * (n_layers + 1), legend=dict(orientation="h", y=-0.25))

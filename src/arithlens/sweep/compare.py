@@ -36,10 +36,11 @@ import pandas as pd
 from arithlens.errors import RunFolderError
 from arithlens.runs import ANALYSIS_DIR, CONFIG_FILE
 from arithlens.sweep.cell import SUMMARY_FILE, run_status
+from arithlens.vocabulary import canonical_name
 
 ALL_CELLS = "all cells"
 COMPONENT_KEY = ["answer_digit", "role", "kind", "position", "attends_to"]
-ROLE_ORDER = {"BaseAdd": 0, "MakeCarry1": 1, "MakeSum9": 2, "UseSum9": 3}
+ROLE_ORDER = {"BaseAdd": 0, "MakeCarry1": 1, "MakeSum9": 2, "UseSum9": 3}  # subtraction's roles map onto these
 UNIVERSALITY_COLUMNS = ["group", *COMPONENT_KEY, "cells_with_it", "cells", "share", "in_cells"]
 
 
@@ -202,7 +203,8 @@ def universality(components: pd.DataFrame, groups: dict[str, list[str]]) -> pd.D
     table = pd.DataFrame(rows, columns=UNIVERSALITY_COLUMNS)
     if not len(table):
         return table
-    order = table.assign(_digit=table["answer_digit"].str[1:].astype(int), _role=table["role"].map(ROLE_ORDER),
+    order = table.assign(_digit=table["answer_digit"].str[1:].astype(int),
+                         _role=table["role"].map(lambda role: ROLE_ORDER.get(canonical_name(role), len(ROLE_ORDER))),
                          _group=table["group"].map(list(groups).index))
     order = order.sort_values(["_group", "share", "_digit", "_role", "position", "kind", "attends_to"],
                               ascending=[True, False, False, True, True, True, True])
