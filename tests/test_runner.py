@@ -63,7 +63,7 @@ def test_every_file_is_written_with_its_documented_columns(analysed):
     folder, tables = analysed
     written = sorted(p.name for p in (folder / "analysis").iterdir())
     documented = documented_columns()
-    assert len(documented) == 23
+    assert len(documented) == 24  # edges.parquet joined the 23 with the path-patching stage
     assert written == sorted([*documented, "summary.json"])
     for name, columns in documented.items():
         frame = pd.read_parquet(folder / "analysis" / name)
@@ -136,7 +136,7 @@ def test_a_run_without_metrics_still_gets_every_file(tmp_path):
     folder = make_run(tmp_path / "bare", with_metrics=False)
     tables = analyze_run(folder, **{**SMALL, "progress": True})
     assert tables["phases"].empty and tables["checkpoint_nodes"].empty and tables["subtask_changes"].empty
-    assert len(list((folder / "analysis").glob("*.parquet"))) == 23
+    assert len(list((folder / "analysis").glob("*.parquet"))) == 24
 
 
 def test_bad_input(tmp_path):

@@ -716,7 +716,7 @@ def models() -> None:
         console.print("no bundled models are installed")
         return
     table = Table(title="bundled models")
-    for column in ("name", "layers", "d_model", "heads", "size", "recipe", "steps", "loss", "accuracy"):
+    for column in ("name", "op", "layers", "d_model", "heads", "size", "recipe", "steps", "loss", "accuracy"):
         table.add_column(column, no_wrap=True)
     for name in names:
         run = load_run(bundled_models_dir() / name)
@@ -724,7 +724,7 @@ def models() -> None:
         model_cfg = run.config.model
         size_mib = (run.path / "model.safetensors").stat().st_size / 2**20
         accuracy = card.get("accuracy")
-        table.add_row(name, str(model_cfg.n_layers), str(model_cfg.d_model), str(model_cfg.n_heads),
+        table.add_row(name, model_cfg.op, str(model_cfg.n_layers), str(model_cfg.d_model), str(model_cfg.n_heads),
                       f"{size_mib:.1f} MiB", run.config.train.recipe, f"{run.info.get('steps_done', 0):,}",
                       f"{card.get('final_loss', float('nan')):.3g}",
                       f"{100 * accuracy:.2f}% of {card.get('accuracy_questions', 0):,}" if accuracy is not None else "")
