@@ -405,10 +405,6 @@ class OperationView(ArithmeticTask):
     def __repr__(self) -> str:
         return f"OperationView(n_digits={self.n_digits}, {self.operation.key!r})"
 
-    @property
-    def d_vocab(self) -> int:
-        return SIGNED_D_VOCAB
-
 
 TASKS: dict[str, type[ArithmeticTask]] = {"add": AdditionTask, "sub": SubtractionTask, "mixed": MixedTask}
 
