@@ -115,7 +115,7 @@ def build_subtraction_set(task: ArithmeticTask, name: str, count: int,
         start = rows % (n - 1 - depth) + 1  # the top column cannot pass a borrow on (a >= b)
         _plan_cascade(plan, rows, start, depth)
         max_depth = depth
-        description = f"a borrow through exactly {depth} zero column(s), at most"
+        description = f"a borrow passed on through exactly {depth} equal-digit column(s), no longer run"
         claim = lambda b: b.borrow_cascade_depth == depth  # noqa: E731
     else:  # published_hard
         return _published_hard(task, count, generator)
