@@ -33,7 +33,7 @@ def assert_same(fast: pd.DataFrame, brute: pd.DataFrame) -> None:
 @pytest.mark.parametrize(
     ("n_digits", "n_layers", "normalization", "method"),
     [(2, 1, None, "mean"), (2, 1, "LN", "mean"), (2, 1, None, "zero"), (2, 1, "LN", "resample"),
-     (1, 2, None, "mean"), (1, 2, "LN", "resample")],
+     (1, 2, None, "mean"), (1, 2, "LN", "resample"), (1, 3, "LN", "zero")],
 )
 def test_fast_equals_brute_force(n_digits: int, n_layers: int, normalization: str | None, method: str) -> None:
     model = tiny_model(n_digits=n_digits, n_layers=n_layers, normalization=normalization, dtype=torch.float64)

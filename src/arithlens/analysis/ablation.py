@@ -15,8 +15,12 @@ One mechanism, two engines:
   (`scoring.cpu_workers`). In the last layer nothing but the MLP and unembedding at p
   reads a change at p, so a 1-layer node costs one MLP and one unembedding at
   one position, and a last-layer node at a position that predicts no answer
-  digit changes nothing and costs nothing. A position's whole output or
-  input costs one forward pass from layer 0. A test holds both engines equal.
+  digit changes nothing and costs nothing. A position's whole output is
+  recomputed the same way, from p onwards; its input too, from layer 0 at p
+  onwards (its keys and values at p, every query from p). On the bundled
+  add_d5_l2, both sites at every position over 2,000 questions took 8.5 s,
+  against 24 s as full forward passes from layer 0. A test holds both
+  engines equal.
 
 Replacements: "zero" writes zeros, "mean" the mean over the reference
 questions at the same position, "resample" the value from a reference

@@ -177,8 +177,7 @@ class Engine:
                 cache.z.append(z)
                 cache.mid.append(mid)
                 cache.mlp_out.append(mlp_out)
-                if layer > 0:  # layer 0's inputs never change under a head or MLP ablation
-                    cache.qkv[layer] = (queries, keys, values)
+                cache.qkv[layer] = (queries, keys, values)  # layer 0's: read when a position's input changes
             if edit is not None:
                 edit(layer, "post", resid, start)
         return self._unembed(resid)
@@ -227,24 +226,38 @@ class Engine:
         return new_post @ folded["unembed_out"].T - mlp_logits + dz @ folded["unembed_o"][:, head].T
 
     def _position_logits(self, cache: Cache, target: Target, source: Cache | None) -> torch.Tensor:
-        """Answer logits with a whole position's input or output (every layer's heads and MLP) overwritten."""
-        position = target.position
-        resid = self.inputs(cache)  # [b, kv_len, d_model]
-        if target.kind == "input":
-            resid = resid.clone()
-            resid[:, position] = 0.0 if source is None else self.inputs(source)[:, position]
-            return self.layers(resid, 0)
+        """Answer logits with a whole position's input, or its output in `target.layer` and every later layer
+        (every head's z and the MLP output), overwritten; recomputed from the changed position onwards."""
+        position, layer = target.position, target.layer
+        batch = cache.mid[0].shape[0]
+        if target.kind == "input":  # layer 0 recomputes from here: keys and values at p, queries from p on
+            inputs = self.inputs(cache)
+            new = torch.zeros_like(inputs[:, position]) if source is None else self.inputs(source)[:, position]
+            return self._downstream(cache, -1, position, new.expand(batch, -1)[:, None], None)
 
-        def edit(layer: int, stage: str, value: torch.Tensor, start: int) -> None:
-            rel = position - start
-            if stage == "post" or rel < 0 or layer < target.layer:
-                return
+        def overwritten(stage: str, at: int) -> torch.Tensor:
+            """What the source holds for this position's z or mlp_out in layer `at`."""
+            rel = position - self.first_query(at)
+            kept = cache.z[at][:, rel] if stage == "z" else cache.mlp_out[at][:, rel]
             if source is None:
-                value[:, rel] = 0.0
-            else:
-                value[:, rel] = (source.z if stage == "z" else source.mlp_out)[layer][:, rel]
+                return torch.zeros_like(kept)
+            return (source.z if stage == "z" else source.mlp_out)[at][:, rel].expand_as(kept)
 
-        return self.layers(resid, 0, edit=edit)
+        rel = position - self.first_query(layer)
+        w_o = self.f.params[f"blocks.{layer}.attn.o.weight"]  # [d_model, head * d_head]
+        dz = (overwritten("z", layer) - cache.z[layer][:, rel]).flatten(1)  # [b, head * d_head]
+        post = cache.mid[layer][:, rel] + dz @ w_o.T + overwritten("mlp_out", layer)  # [b, d_model]
+        if layer == self.last:
+            logits = cache.logits.clone()
+            logits[:, rel] = self._unembed(post)
+            return logits
+
+        def edit(later: int, stage: str, value: torch.Tensor, start: int) -> None:
+            # later layers recompute rows from `start`; the last one may start after this position
+            if stage != "post" and start <= position < start + value.shape[1]:
+                value[:, position - start] = overwritten(stage, later)
+
+        return self._downstream(cache, layer, position, post[:, None], edit)
 
     def ablated_logits(self, cache: Cache, target: Target, source: Cache | None) -> torch.Tensor | None:
         """Answer logits with `target` overwritten from `source` (None = zeros); None when nothing changes."""
@@ -288,8 +301,9 @@ class Engine:
 
     def _downstream(self, cache: Cache, layer: int, position: int, post: torch.Tensor, edit: Edit | None,
                     rows: tuple[int, int] | None = None, starts: list[int] | None = None) -> torch.Tensor:
-        """Answer logits [b, rows, d_vocab] when layer `layer`'s resid_post changes to `post` ([b, r, d_model])
-        at positions position .. position+r-1; every other input is as cached.
+        """Answer logits [b, rows, d_vocab] when layer `layer`'s resid_post (layer -1: the input, layer 0's
+        resid_pre) changes to `post` ([b, r, d_model]) at positions position .. position+r-1; every other
+        input is as cached.
 
         Later layers recompute positions from the first changed one (or from
         starts[later], where `edit` changes that layer earlier) up to the last
@@ -307,7 +321,8 @@ class Engine:
             if later == self.last:  # the last layer computes only the answer rows asked for
                 start = max(start, f.first_answer_logit + first_row)
             begin = min(start, position)  # the input rows read: queries from `start`, changed rows from `position`
-            inputs = cache.post(later - 1, slice(begin, stop))  # a new tensor [b, stop - begin, d_model]
+            # a new tensor [b, stop - begin, d_model]; layer -1 is the input (a position's input changed)
+            inputs = cache.post(later - 1, slice(begin, stop)) if later > 0 else self.inputs(cache)[:, begin:stop].clone()
             inputs[:, position - begin : position - begin + changed.shape[1]] = changed
             normed = f._norm(inputs, f"{prefix}.ln1")
             cached_q, cached_k, cached_v = cache.qkv[later]
