@@ -12,10 +12,17 @@ except for BaseAdd):
 - ``UseSum9`` (d >= 2): pair d-1 sums to 9 in both; pair d-2 sums to >= 10
   (clean) or <= 8 (corrupted), so only the cascade carries into d.
 
-Patching runs the corrupted questions and writes in one clean activation,
-through `transformer_lens.patching.generic_activation_patch` with the setters
-that `get_act_patch_attn_head_out_by_pos` (hook_z per layer, position, head)
-and `get_act_patch_mlp_out` (per layer, position) use. Only what can change
+Patching runs the corrupted questions and writes in one clean activation: a
+head's hook_z at one position, or an MLP's hook_mlp_out. By default it runs on
+the fast ablation engine (`ablation_engine`): one cached pass of each chunk of
+corrupted and clean questions, then per node the clean value written in and
+only what it changes recomputed. `fast=False` runs
+`transformer_lens.patching.generic_activation_patch` on the bridge with the
+setters that `get_act_patch_attn_head_out_by_pos` (hook_z per layer, position,
+head) and `get_act_patch_mlp_out` (per layer, position) use, one forward pass
+per node; a test holds both equal. On the bundled add_d5_l2 (200 pairs per
+kind, the 492 patches of its analysis) the engine took 7.4 s against 48 s,
+with the same flips and logit differences within 1e-5. Only what can change
 A_d's logit is patched: in the last layer only the position that predicts A_d
 (a last-layer output at another position never reaches it), in earlier layers
 the positions from the first one where the pair's questions differ (before it
@@ -58,10 +65,13 @@ from transformer_lens import patching
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.model_bridge import TransformerBridge
 
+from arithlens.analysis.ablation import FAST_CHUNK
+from arithlens.analysis.ablation_engine import Engine, Target, chunks
 from arithlens.analysis.accuracy import check_batch
 from arithlens.analysis.naming import node_name, parse_node_name
 from arithlens.errors import ArithlensError
 from arithlens.model import model_config_of
+from arithlens.scoring import cpu_workers
 from arithlens.analysis.subtraction_pairs import make_subtraction_pairs, subtraction_pair_kinds
 from arithlens.vocabulary import canonical_name, localise
 from arithlens.task import AdditionBatch, ArithmeticTask, task_for
@@ -268,12 +278,79 @@ def patch_sweep(model: TransformerBridge, corrupted_tokens: torch.Tensor, clean_
     return results
 
 
+def _engine_sweep(model: TransformerBridge, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor,
+                  clean_digit: torch.Tensor, corrupt_digit: torch.Tensor, target: int, *, first: int,
+                  nodes: set[str] | None, chunk_size: int = FAST_CHUNK
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, pd.DataFrame, torch.Tensor]]]:
+    """`patch_sweep` on the fast ablation engine: each corrupted chunk's cached pass, one node at a time
+    overwritten with the clean pass's value and recomputed from there (`Engine.ablated_logits`).
+
+    Returns the clean and the unpatched corrupted metrics [metric, batch] and, as `patch_sweep`,
+    (component, index_df, values [metric, row, batch]) per component. On a CPU each of
+    `cpu_workers` single-threaded workers takes a chunk of pairs.
+    """
+    engine = Engine(model)
+    config, device = engine.config, engine.f.answer_mask.device
+    row = target - engine.f.first_answer_logit  # the engine's logits start at the first answer row
+    components = [(component, frame) for component, frame in (
+        ("head", _index_df(config.n_layers, target, config.n_heads, first, nodes)),
+        ("mlp", _index_df(config.n_layers, target, None, first, nodes))) if not frame.empty]
+    targets = [Target("z", int(r.layer), int(r.pos), int(r.head)) if component == "head"
+               else Target("mlp_out", int(r.layer), int(r.pos))
+               for component, frame in components for r in frame.itertuples(index=False)]
+
+    def chunk(part: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():  # grad mode is per thread
+            clean = engine.run(clean_tokens[part].to(device))
+            corrupted = engine.run(corrupted_tokens[part].to(device))
+            metrics = pair_metrics(row, clean_digit[part].to(device), corrupt_digit[part].to(device))
+
+            def measure(logits: torch.Tensor | None) -> torch.Tensor:
+                logits = corrupted.logits if logits is None else logits  # None: the node cannot reach the row
+                return torch.stack([metric(logits) for metric in metrics.values()]).cpu()  # [metric, b]
+
+            base = measure(corrupted.logits)
+            patched = [measure(engine.ablated_logits(corrupted, node, clean)) for node in targets]
+            return measure(clean.logits), base, torch.stack(patched, dim=1) if patched else base.new_zeros(len(base), 0, base.shape[1])
+
+    workers = torch.get_num_threads() if device.type == "cpu" else 1
+    pieces = chunks(len(clean_tokens), min(chunk_size, -(-len(clean_tokens) // workers)))
+    with cpu_workers(workers) as pool:
+        results = list(pool.map(chunk, pieces) if pool is not None else map(chunk, pieces))
+    clean_values, baseline, values = (torch.cat([r[i] for r in results], dim=-1) for i in range(3))
+    sweeps, start = [], 0
+    for component, frame in components:
+        sweeps.append((component, frame, values[:, start : start + len(frame)]))
+        start += len(frame)
+    return clean_values, baseline, sweeps
+
+
+def _bridge_sweep(model: TransformerBridge, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor,
+                  clean_digit: torch.Tensor, corrupt_digit: torch.Tensor, target: int, *, first: int,
+                  nodes: set[str] | None) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, pd.DataFrame, torch.Tensor]]]:
+    """As `_engine_sweep`, through TransformerLens's `generic_activation_patch` on the bridge (`patch_sweep`)."""
+    device = model.W_U.device
+    metrics = pair_metrics(target, clean_digit.to(device), corrupt_digit.to(device))
+    # The model is causal, so positions after the target cannot change its logits: leave them out (saves a fifth).
+    with torch.inference_mode():
+        clean_logits, clean_cache = model.run_with_cache(
+            clean_tokens[:, : target + 1].to(device),
+            names_filter=lambda name: name.endswith(("attn.hook_z", "hook_mlp_out")))
+        clean_values = torch.stack([metric(clean_logits) for metric in metrics.values()]).cpu()  # [metric, batch]
+        corrupted_part = corrupted_tokens[:, : target + 1].to(device)
+        baseline = torch.stack([metric(model(corrupted_part)) for metric in metrics.values()]).cpu()
+    return clean_values, baseline, patch_sweep(model, corrupted_part, clean_cache, metrics, target, first=first,
+                                               nodes=nodes)
+
+
 def patch_answer_digit(model: TransformerBridge, pair_sets: list[PatchPairs], *,
-                       nodes: set[str] | None = None) -> pd.DataFrame:
+                       nodes: set[str] | None = None, fast: bool = True) -> pd.DataFrame:
     """Patch every head (hook_z) and MLP (mlp_out) that can reach one answer digit, for its pair sets.
 
     All sets must be for the same answer digit; they share one batch. `nodes`
-    limits the patching to those node names. Columns as `activation_patching`.
+    limits the patching to those node names. `fast=False` patches through
+    TransformerLens's `generic_activation_patch` on the bridge, one forward
+    pass per node (a test holds both equal). Columns as `activation_patching`.
     """
     if not pair_sets:
         raise ArithlensError("no pair sets to patch")
@@ -286,25 +363,16 @@ def patch_answer_digit(model: TransformerBridge, pair_sets: list[PatchPairs], *,
     task = task_for(model_config_of(model))
     digit = digits.pop()
     target = task.logit_position_for_answer_digit(digit)
-    device = model.W_U.device
     column = task.seq_len - 1 - digit
-    metrics = pair_metrics(target, clean.tokens[:, column].to(device), corrupted.tokens[:, column].to(device))
-    # The model is causal, so positions after the target cannot change its logits: leave them out (saves a fifth).
-    with torch.inference_mode():
-        clean_logits, clean_cache = model.run_with_cache(
-            clean.tokens[:, : target + 1].to(device),
-            names_filter=lambda name: name.endswith(("attn.hook_z", "hook_mlp_out")))
-        clean_values = torch.stack([metric(clean_logits) for metric in metrics.values()]).cpu()  # [metric, batch]
-        corrupted_tokens = corrupted.tokens[:, : target + 1].to(device)
-        corrupted_logits = model(corrupted_tokens)
-        baseline = torch.stack([metric(corrupted_logits) for metric in metrics.values()]).cpu()
+    differs = (clean.tokens[:, : target + 1] != corrupted.tokens[:, : target + 1]).any(dim=0)
+    first = int(differs.nonzero()[0, 0])  # the pairs always differ somewhere in the question
+    sweep = _engine_sweep if fast else _bridge_sweep
+    clean_values, baseline, sweeps = sweep(model, clean.tokens, corrupted.tokens, clean.tokens[:, column],
+                                           corrupted.tokens[:, column], target, first=first, nodes=nodes)
     names = task.position_names()
     bounds = torch.cumsum(torch.tensor([0] + [len(p) for p in pair_sets]), 0).tolist()
     rows = []
-    differs = (clean.tokens[:, : target + 1] != corrupted.tokens[:, : target + 1]).any(dim=0)
-    first = int(differs.nonzero()[0, 0])  # the pairs always differ somewhere in the question
-    for component, index_df, values in patch_sweep(model, corrupted_tokens, clean_cache, metrics, target,
-                                                   first=first, nodes=nodes):
+    for component, index_df, values in sweeps:
         for set_index, pairs in enumerate(pair_sets):
             part = slice(bounds[set_index], bounds[set_index + 1])
             clean_ld = float(clean_values[0, part].mean())
@@ -338,7 +406,7 @@ def patch_answer_digit(model: TransformerBridge, pair_sets: list[PatchPairs], *,
 def activation_patching(model: TransformerBridge, *, count: int = DEFAULT_PAIRS, seed: int = 0,
                         kinds: list[tuple[str, int]] | None = None, nodes: Iterable[str] | None = None,
                         progress: Callable[[int], None] | None = None,
-                        task: ArithmeticTask | None = None) -> pd.DataFrame:
+                        task: ArithmeticTask | None = None, fast: bool = True) -> pd.DataFrame:
     """Patch heads and MLPs for every (kind, answer digit) pair set (or just `kinds`).
 
     `nodes` limits the patching to those node names (e.g. the useful nodes, as
@@ -357,6 +425,7 @@ def activation_patching(model: TransformerBridge, *, count: int = DEFAULT_PAIRS,
     tell a net flip rate of several points from 0).
     `progress(k)` is called after each answer digit with the number of pair sets done.
     `task` picks the operation of a mixed model (one of `task_for(config).views()`).
+    `fast=False` patches through TransformerLens on the bridge (see `patch_answer_digit`).
     """
     config = model_config_of(model)
     task = task_for(config) if task is None else task
@@ -370,7 +439,7 @@ def activation_patching(model: TransformerBridge, *, count: int = DEFAULT_PAIRS,
     frames = []
     for digit in sorted({d for _, d in wanted}, reverse=True):
         sets = [make_patch_pairs(task, kind, digit, count, seed) for kind, d in wanted if d == digit]
-        frames.append(patch_answer_digit(model, sets, nodes=keep))
+        frames.append(patch_answer_digit(model, sets, nodes=keep, fast=fast))
         if progress is not None:
             progress(len(sets))
     if not frames:
