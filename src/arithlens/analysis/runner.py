@@ -316,7 +316,7 @@ def _analyze_operation(run: Run, model: Any, task: ArithmeticTask, metrics: pd.D
     with stages.stage(prefix + "ablation", total=3) as advance:
         tables["node_ablation"] = node_ablation(model, batch, method="mean")
         advance(1)
-        # Each input ablation is a full forward pass per position; effects of tens of points need no more.
+        # A position's input ablation recomputes layer 0 from it onwards; effects of tens of points need no more.
         tables["position_ablation"] = position_ablation(
             model, batch.select(slice(0, min(count, POSITION_ABLATION_COUNT))), method="mean")
         advance(1)
