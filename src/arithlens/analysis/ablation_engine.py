@@ -231,8 +231,7 @@ class Engine:
         position, layer = target.position, target.layer
         batch = cache.mid[0].shape[0]
         if target.kind == "input":  # layer 0 recomputes from here: keys and values at p, queries from p on
-            inputs = self.inputs(cache)
-            new = torch.zeros_like(inputs[:, position]) if source is None else self.inputs(source)[:, position]
+            new = torch.zeros_like(cache.mid[0][:, 0]) if source is None else self.inputs(source)[:, position]
             return self._downstream(cache, -1, position, new.expand(batch, -1)[:, None], None)
 
         def overwritten(stage: str, at: int) -> torch.Tensor:
@@ -322,7 +321,8 @@ class Engine:
                 start = max(start, f.first_answer_logit + first_row)
             begin = min(start, position)  # the input rows read: queries from `start`, changed rows from `position`
             # a new tensor [b, stop - begin, d_model]; layer -1 is the input (a position's input changed)
-            inputs = cache.post(later - 1, slice(begin, stop)) if later > 0 else self.inputs(cache)[:, begin:stop].clone()
+            rows_read = slice(begin, stop)
+            inputs = cache.post(later - 1, rows_read) if later > 0 else self.inputs(cache)[:, rows_read].clone()
             inputs[:, position - begin : position - begin + changed.shape[1]] = changed
             normed = f._norm(inputs, f"{prefix}.ln1")
             cached_q, cached_k, cached_v = cache.qkv[later]

@@ -80,6 +80,7 @@ PAIR_KINDS = ("BaseAdd", "MakeCarry1", "MakeSum9", "UseSum9")
 DEFAULT_PAIRS = 200
 Z95 = 1.959963984540054  # the normal quantile of a two-sided 95% interval
 _FIRST_DIGIT = {"BaseAdd": 0, "MakeCarry1": 1, "MakeSum9": 2, "UseSum9": 2}
+_Sweep = tuple[str, pd.DataFrame, torch.Tensor]  # (component, index_df, values [metric, row, batch])
 
 
 @dataclass
@@ -253,7 +254,7 @@ def pair_metrics(target: int, clean_digit: torch.Tensor, corrupt_digit: torch.Te
 
 def patch_sweep(model: TransformerBridge, corrupted_tokens: torch.Tensor, clean_cache: ActivationCache,
                 metrics: dict[str, Callable[[torch.Tensor], torch.Tensor]], target: int, *, first: int = 0,
-                nodes: set[str] | None = None) -> list[tuple[str, pd.DataFrame, torch.Tensor]]:
+                nodes: set[str] | None = None) -> list[_Sweep]:
     """Patch, one at a time, every head output (hook_z) and MLP output that can reach position `target`.
 
     Returns (component, index_df, values [metric, row, batch]) for "head" and
@@ -281,7 +282,7 @@ def patch_sweep(model: TransformerBridge, corrupted_tokens: torch.Tensor, clean_
 def _engine_sweep(model: TransformerBridge, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor,
                   clean_digit: torch.Tensor, corrupt_digit: torch.Tensor, target: int, *, first: int,
                   nodes: set[str] | None, chunk_size: int = FAST_CHUNK
-                  ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, pd.DataFrame, torch.Tensor]]]:
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[_Sweep]]:
     """`patch_sweep` on the fast ablation engine: each corrupted chunk's cached pass, one node at a time
     overwritten with the clean pass's value and recomputed from there (`Engine.ablated_logits`).
 
@@ -311,7 +312,8 @@ def _engine_sweep(model: TransformerBridge, clean_tokens: torch.Tensor, corrupte
 
             base = measure(corrupted.logits)
             patched = [measure(engine.ablated_logits(corrupted, node, clean)) for node in targets]
-            return measure(clean.logits), base, torch.stack(patched, dim=1) if patched else base.new_zeros(len(base), 0, base.shape[1])
+            values = torch.stack(patched, dim=1) if patched else base.new_zeros(len(base), 0, base.shape[1])
+            return measure(clean.logits), base, values  # values [metric, node, b]
 
     workers = torch.get_num_threads() if device.type == "cpu" else 1
     pieces = chunks(len(clean_tokens), min(chunk_size, -(-len(clean_tokens) // workers)))
@@ -327,7 +329,7 @@ def _engine_sweep(model: TransformerBridge, clean_tokens: torch.Tensor, corrupte
 
 def _bridge_sweep(model: TransformerBridge, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor,
                   clean_digit: torch.Tensor, corrupt_digit: torch.Tensor, target: int, *, first: int,
-                  nodes: set[str] | None) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, pd.DataFrame, torch.Tensor]]]:
+                  nodes: set[str] | None) -> tuple[torch.Tensor, torch.Tensor, list[_Sweep]]:
     """As `_engine_sweep`, through TransformerLens's `generic_activation_patch` on the bridge (`patch_sweep`)."""
     device = model.W_U.device
     metrics = pair_metrics(target, clean_digit.to(device), corrupt_digit.to(device))
