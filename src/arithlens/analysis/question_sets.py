@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from arithlens.analysis.columns import draw_pairs
 from arithlens.errors import ArithlensError
 from arithlens.analysis.subtraction_sets import build_subtraction_set, subtraction_set_names
 from arithlens.task import AdditionBatch, AdditionTask, ArithmeticTask, QuestionCategory
@@ -172,27 +173,12 @@ def _plan_cascade(plan: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, d
 
 def _sample(task: AdditionTask, plan: torch.Tensor, generator: torch.Generator,
             max_depth: int | None) -> AdditionBatch:
-    """Draw each column's digit pair uniformly among those its rule allows.
+    """Draw each column's digit pair uniformly among those its rule allows (`columns.draw_pairs`).
 
     `max_depth` forbids any UseSum9 that would make a cascade longer than it.
     """
-    count, n = plan.shape
-    carry = torch.zeros(count, dtype=torch.long)
-    run = torch.zeros(count, dtype=torch.long)
-    pairs = torch.empty(count, n, dtype=torch.long)
-    for column in range(n):
-        allowed_sums = _RULES[plan[:, column], carry]  # [count, 19]
-        if max_depth is not None:
-            too_deep = (carry == 1) & (run >= max_depth)
-            allowed_sums = allowed_sums & ~(too_deep[:, None] & (torch.arange(19) == 9))
-        allowed = allowed_sums[:, _PAIR_SUM]  # [count, 100]
-        if not allowed.any(dim=1).all():
-            raise RuntimeError("question-set plan allows no digit pair; this is a bug in question_sets")
-        keys = torch.rand(count, 100, generator=generator).masked_fill(~allowed, -1.0)
-        pairs[:, column] = keys.argmax(dim=1)  # uniform over the allowed pairs
-        sums = _PAIR_SUM[pairs[:, column]]
-        run = torch.where((carry == 1) & (sums == 9), run + 1, torch.zeros_like(run))
-        carry = (sums + carry >= 10).long()
+    pairs = draw_pairs(plan, _RULES, _PAIR_SUM, lambda sums, carry: sums + carry >= 10, generator,
+                       max_depth=max_depth)
     return task.batch_from_digits(_PAIR_X[pairs], _PAIR_Y[pairs])
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import torch
 
+from arithlens.analysis.columns import draw_pairs
 from arithlens.batch import ArithmeticBatch
 from arithlens.errors import ArithlensError
 from arithlens.task import ArithmeticTask
@@ -136,26 +137,17 @@ def _plan_cascade(plan: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, d
 
 def _sample(task: ArithmeticTask, plan: torch.Tensor, generator: torch.Generator, max_depth: int | None,
             negative: torch.Tensor | None, strictly_larger: bool) -> ArithmeticBatch:
-    """Draw each column's (a_d, b_d) uniformly among those its rule allows, then order the operands."""
+    """Draw each column's (a_d, b_d) uniformly among those its rule allows (`columns.draw_pairs`), then
+    order the operands."""
     count, n = plan.shape
-    borrow = torch.zeros(count, dtype=torch.long)
-    run = torch.zeros(count, dtype=torch.long)
-    pairs = torch.empty(count, n, dtype=torch.long)
-    for column in range(n):
-        allowed_diffs = _RULES[plan[:, column], borrow]  # [count, 19]
-        if max_depth is not None:
-            too_deep = (borrow == 1) & (run >= max_depth)
-            allowed_diffs = allowed_diffs & ~(too_deep[:, None] & (torch.arange(19) == 9))
-        if strictly_larger and column == n - 1:  # a > b: the top column leaves something (or a lower one did)
-            allowed_diffs = allowed_diffs & (torch.arange(19) - 9 - borrow[:, None] > 0)
-        allowed = allowed_diffs[:, _PAIR_DIFF]  # [count, 100]
-        if not allowed.any(dim=1).all():
-            raise RuntimeError("question-set plan allows no digit pair; this is a bug in subtraction_sets")
-        keys = torch.rand(count, 100, generator=generator).masked_fill(~allowed, -1.0)
-        pairs[:, column] = keys.argmax(dim=1)
-        diffs = _PAIR_DIFF[pairs[:, column]] - 9
-        run = torch.where((borrow == 1) & (diffs == 0), run + 1, torch.zeros_like(run))
-        borrow = (diffs - borrow < 0).long()
+
+    def leaves_something(column: int, borrow: torch.Tensor) -> torch.Tensor | None:
+        if not strictly_larger or column != n - 1:
+            return None
+        return torch.arange(19) - 9 - borrow[:, None] > 0  # a > b: the top column leaves something, or a lower one did
+
+    pairs = draw_pairs(plan, _RULES, _PAIR_DIFF, lambda values, borrow: values - 9 - borrow < 0, generator,
+                       max_depth=max_depth, restrict=leaves_something)
     larger, smaller = _PAIR_A[pairs], _PAIR_B[pairs]
     flip = (torch.arange(count) % 2 == 1) if negative is None else negative
     x = torch.where(flip[:, None], smaller, larger)
